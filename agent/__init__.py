@@ -1,0 +1,1 @@
+"""spiritlm-agent: a realtime voice agent built on Meta's SpiRit-LM."""

@@ -1,0 +1,1 @@
+"""The offline SpiRit-LM stack, compatible with Meta's release (checkpoints, formats, results)."""

@@ -1,0 +1,1 @@
+"""Clients that speak the public spiritlm-agent protocol."""

@@ -1,0 +1,1 @@
+"""Incremental (streaming) versions of the offline SpiRit-LM stages: no sockets, no asyncio."""

@@ -25,10 +25,10 @@ def read_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     PCM is scaled to [-1, 1) as torchaudio/soundfile both do (int16 / 32768).
     """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise AudioError(f"audio file {name} does not exist")
     try:
         data, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(f"audio file {name} does not exist") from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"{name} is not a readable audio file ({exc})") from None
     if data.shape[0] == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,7 +21,7 @@ import torch
 
 from .audio import load_speech
 from .checkpoints import CheckpointTree, Variant, load_json
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, TokenStringError
 from .lm import DTYPES, OUTPUT_MODALITIES, SamplingConfig, SpiritTokenizer, forward_last_logits, load_llama, new_cache, next_token
 from .speech_tokenizer import SpeechTokenizer
 from .tokens import (SPEECH_MARKER, TEXT_MARKER, count_hubert_tokens, ends_with_speech_token, last_speech_run_start,
@@ -152,32 +153,50 @@ class SpiritLM:
         segments = self.decode_output(output_modality, full, prompt, speaker)
         return GenerationResult(prompt=prompt, generated=generated, token_ids=new_ids, segments=segments)
 
+    def _with_expressive_context(self, segment: str, context: str) -> str:
+        """Give an expressive speech segment that has no pitch or style token the last ones seen
+        before it, so it can be vocoded (the release fails on such segments)."""
+        if not self.speech.expressive:
+            return segment
+        prefix = ""
+        for kind in ("St", "Pi"):
+            if f"[{kind}" not in segment:
+                last = re.findall(rf"\[{kind}\d+\]", context)
+                prefix += last[-1] if last else ""
+        return prefix + segment
+
     def decode_output(self, output_modality: str, full: str, prompt: str, speaker: int) -> list[Segment]:
         new = full[len(prompt):].strip()
         if output_modality == "text":
             return [Segment("text", text=new)]
         if output_modality == "speech":
-            return [Segment("speech", audio=self.speech.decode(new, speaker=speaker))]
+            return [Segment("speech", audio=self.speech.decode(self._with_expressive_context(new, prompt), speaker=speaker))]
         continues_prompt_speech = ends_with_speech_token(prompt) and starts_with_speech_token(new)
         prompt_speech_start = 0
         if continues_prompt_speech:
             prompt_speech_start = last_speech_run_start(prompt)
             new = full[prompt_speech_start:]
         segments: list[Segment] = []
+        seen = prompt
         for index, (content, kind) in enumerate(split_segments(new)):
+            context, seen = seen, seen + content
             if kind == "t":
                 segments.append(Segment("text", text=content))
                 continue
+            content = self._with_expressive_context(content, context)
             hubert_count = count_hubert_tokens(content)
             if index == 0 and continues_prompt_speech:
                 prompt_count = count_hubert_tokens(prompt[prompt_speech_start:]) - 1
                 if hubert_count - prompt_count < MIN_NEW_SPEECH_HUBERT_TOKENS:
                     continue
-                audio = self.speech.decode(content, speaker=speaker)
-                audio = audio[math.ceil(audio.size * prompt_count / hubert_count):]
             elif index > 0 and hubert_count < MIN_NEW_SPEECH_HUBERT_TOKENS:
                 continue
-            else:
+            try:
                 audio = self.speech.decode(content, speaker=speaker)
+            except TokenStringError as exc:  # e.g. expressive speech with no pitch token at all
+                log.warning("dropping a generated speech segment that cannot be vocoded: %s", exc)
+                continue
+            if index == 0 and continues_prompt_speech:
+                audio = audio[math.ceil(audio.size * prompt_count / hubert_count):]
             segments.append(Segment("speech", audio=audio))
         return segments

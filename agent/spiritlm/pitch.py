@@ -6,7 +6,9 @@ config decides whether F0 is mean-normalised over the voiced frames of the utter
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import math
 import sys
@@ -53,21 +55,33 @@ def _import_torchfcpe():
     return torchfcpe
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """torchfcpe prints progress and clipping notes to stdout; keep stdout for our output."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        yield
+    if sink.getvalue().strip():
+        log.debug("torchfcpe: %s", sink.getvalue().strip())
+
+
 class FCPEExtractor:
     """F0 and voicing with the FCPE model bundled in ``torchfcpe`` (release settings)."""
 
     def __init__(self, device: str | torch.device = "cpu"):
-        self.model = _import_torchfcpe().spawn_bundled_infer_model(device=str(device))
+        with _quiet_stdout():
+            self.model = _import_torchfcpe().spawn_bundled_infer_model(device=str(device))
         self.device = device
 
     @torch.inference_mode()
     def __call__(self, wav: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         frames = len(wav) // F0_HOP + 1
-        f0, uv = self.model.infer(
-            wav.float().to(self.device)[None, :, None], sr=SAMPLE_RATE, decoder_mode="local_argmax",
-            threshold=0.05, f0_min=50, f0_max=1100, interp_uv=True,
-            output_interp_target_length=frames, retur_uv=True,
-        )
+        with _quiet_stdout():
+            f0, uv = self.model.infer(
+                wav.float().to(self.device)[None, :, None], sr=SAMPLE_RATE, decoder_mode="local_argmax",
+                threshold=0.05, f0_min=50, f0_max=1100, interp_uv=True,
+                output_interp_target_length=frames, retur_uv=True,
+            )
         return f0.squeeze().cpu().numpy(), (1 - uv).squeeze().cpu().numpy()
 
 

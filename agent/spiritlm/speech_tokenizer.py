@@ -75,32 +75,37 @@ class SpeechTokenizer:
     def encode_string(self, wav: torch.Tensor) -> str:
         return self.units_to_string(self.encode_units(wav))
 
-    def to_vocoder_input(self, code: str | Units) -> tuple[VocoderInput, bool]:
-        """Token string or unit dict -> vocoder input, and whether duration prediction applies.
-
-        Duration prediction is turned off when pitch units do not match HuBERT units one to
-        one (raw 25/12.5/1 Hz units from ``encode_units``: a resynthesis).
-        """
-        if isinstance(code, str):
-            units = string_to_units(code)
-        elif isinstance(code, dict):
-            units = code
-        else:
-            raise TokenStringError("units must be a token string or a dict like {'hubert': '1 2 3'}")
-        if "hubert" not in units:
-            raise TokenStringError("units lack the 'hubert' stream")
-        hubert = parse_unit_ids(units["hubert"], "hubert")
-        if not hubert:
-            raise TokenStringError("no HuBERT units to vocode (a [HuN] token is needed)")
-        pitch = parse_unit_ids(units["pitch"], "pitch") if self.expressive and "pitch" in units else None
-        style = parse_unit_ids(units["style"], "style") if self.expressive and "style" in units else None
-        aligned = pitch is None or len(pitch) == len(hubert)
-        return VocoderInput(hubert, pitch, style), aligned
-
     def decode(self, code: str | Units, speaker: int = DEFAULT_SPEAKER, dur_pred: bool = True) -> np.ndarray:
         """Vocode a token string or unit dict to 16 kHz float32 samples."""
-        inp, aligned = self.to_vocoder_input(code)
-        return self.vocoder(inp, speaker=speaker, dur_pred=dur_pred and aligned).numpy()
+        return vocode(self.vocoder, code, speaker, dur_pred)
+
+
+def to_vocoder_input(code: str | Units, expressive: bool) -> tuple[VocoderInput, bool]:
+    """Token string or unit dict -> vocoder input, and whether duration prediction applies.
+
+    Duration prediction is turned off when pitch units do not match HuBERT units one to one
+    (raw 25/12.5/1 Hz units from ``encode_units``: a resynthesis), as in the release.
+    """
+    if isinstance(code, str):
+        units = string_to_units(code)
+    elif isinstance(code, dict):
+        units = code
+    else:
+        raise TokenStringError("units must be a token string or a dict like {'hubert': '1 2 3'}")
+    if "hubert" not in units:
+        raise TokenStringError("units lack the 'hubert' stream")
+    hubert = parse_unit_ids(units["hubert"], "hubert")
+    if not hubert:
+        raise TokenStringError("no HuBERT units to vocode (a [HuN] token is needed)")
+    pitch = parse_unit_ids(units["pitch"], "pitch") if expressive and "pitch" in units else None
+    style = parse_unit_ids(units["style"], "style") if expressive and "style" in units else None
+    aligned = pitch is None or len(pitch) == len(hubert)
+    return VocoderInput(hubert, pitch, style), aligned
+
+
+def vocode(vocoder: CodeHiFiGAN, code: str | Units, speaker: int = DEFAULT_SPEAKER, dur_pred: bool = True) -> np.ndarray:
+    inp, aligned = to_vocoder_input(code, vocoder.is_expressive)
+    return vocoder(inp, speaker=speaker, dur_pred=dur_pred and aligned).numpy()
 
 
 def parse_units_json(text: str) -> Units:

@@ -28,6 +28,7 @@ class Block:
 
     ids: list[int] = field(default_factory=list)
     droppable: bool = True
+    text: str = ""  # the caller's record of what the ids spell (kept and dropped with them)
 
 
 class ContextFullError(InvalidArgumentError):

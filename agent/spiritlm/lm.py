@@ -77,6 +77,19 @@ class SpiritTokenizer:
                 ids.extend(self.sp.EncodeAsIds(chunk))
         return ids
 
+    def encode_block(self, text: str) -> list[int]:
+        """Ids of ``text`` as it tokenizes after earlier context (no BOS, no dummy-prefix piece).
+
+        ``text`` must start with a modality marker: sentencepiece keeps such pieces whole, so
+        ``encode(a + text) == encode(a) + encode_block(text)`` and a conversation can be
+        tokenized block by block.
+        """
+        if not text.startswith(("[Text]", "[Speech]")):
+            raise InvalidArgumentError("a context block must start with [Text] or [Speech]")
+        ids = self.encode(text, add_bos=False)
+        space = self.piece_to_id.get("\u2581")
+        return ids[1:] if ids and ids[0] == space else ids
+
     def decode(self, ids: list[int]) -> str:
         """Decode, skipping ``<s>``/``</s>``/``<unk>`` (``skip_special_tokens=True``)."""
         out, run = [], []

@@ -37,6 +37,7 @@ from agent.spiritlm.model import SpiritLM
 from agent.spiritlm.tokens import SPEECH_MARKER, TEXT_MARKER
 from streaming.lm import ContextFullError, LMSession
 from streaming.speech_tokens import UnitTokenParser
+from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector  # VAD events are engine events as they are
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ SAMPLE_RATE = 16_000
 
 
 # ---------------------------------------------------------------------------- events out
-@dataclass
-class SpeechStarted:
-    sample: int
-
-
-@dataclass
-class SpeechStopped:
-    sample: int
-
-
 @dataclass
 class TurnCommitted:
     """A user turn entered the context (``kind`` audio or text)."""
@@ -119,8 +110,32 @@ class PromptTemplate:
 
 
 @dataclass
+class TurnDetection:
+    """Server VAD settings (OpenAI Realtime ``server_vad`` names); ``None`` in the config = manual commit."""
+
+    threshold: float = 0.5
+    prefix_padding_ms: float = 300
+    silence_duration_ms: float = 500
+    aggressiveness: int = 2
+    create_response: bool = True  # reply as soon as the turn ends
+    interrupt_response: bool = True  # user speech cancels a reply in progress (barge-in)
+
+
+@dataclass
+class UnitStreaming:
+    """Windowed unit encoding while the user speaks (see streaming/units.py)."""
+
+    left_context_s: float = 2.0
+    lookahead_s: float = 0.5
+    step_s: float = 0.2
+    max_turn_s: float = 120.0
+
+
+@dataclass
 class EngineConfig:
     template: PromptTemplate = field(default_factory=PromptTemplate)
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+    units: UnitStreaming = field(default_factory=UnitStreaming)
     output_modality: str = "speech"  # speech | text | arbitrary
     max_reply_tokens: int = 250
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -167,8 +182,20 @@ class ConversationEngine:
         prefix = self.config.template.prefix()
         self.session.start_block(droppable=False)
         self._append_text(self.tokenizer.encode(prefix) if prefix else [self.tokenizer.bos_id], prefix)
+        self._vad = self._make_vad()
+        self._units = None  # IncrementalUnitEncoder of the turn being spoken
+        self._heard = 0  # 16 kHz samples received so far (stream offset)
+        self._recent = np.zeros(0, np.float32)  # the last samples, for the VAD's prefix padding
+        self._commit_s = 0.0
         self.speech_ids = set(self.tokenizer.unit_ids("Hu") + self.tokenizer.unit_ids("Pi") + self.tokenizer.unit_ids("St"))
         self.marker_ids = {self.tokenizer.token_id(TEXT_MARKER): "t", self.tokenizer.token_id(SPEECH_MARKER): "s"}
+
+    def _make_vad(self):
+        td = self.config.turn_detection
+        if td is None:
+            return None
+        return TurnDetector(aggressiveness=td.aggressiveness, threshold=td.threshold,
+                            silence_duration_ms=td.silence_duration_ms, prefix_padding_ms=td.prefix_padding_ms)
 
     def _default_vocoder(self):
         from streaming.vocoder import StreamingVocoder
@@ -221,6 +248,92 @@ class ConversationEngine:
         self._start_block()
         self.set_block(self.config.template.user_text(text))
         return TurnCommitted("text", self.session.blocks[-1].text)
+
+    # ------------------------------------------------------------------ user audio
+    def feed_audio(self, samples: np.ndarray) -> list[Event]:
+        """16 kHz float32 microphone audio, any chunk size."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        start = self._heard
+        self._heard += len(samples)
+        if self._vad is None:  # manual commit: all audio belongs to the pending turn
+            return self._feed_turn(samples)
+        td = self.config.turn_detection
+        keep = int((td.prefix_padding_ms / 1000 + 1.0) * SAMPLE_RATE)
+        self._recent = np.concatenate([self._recent, samples])[-keep - len(samples):]
+        recent_start = self._heard - len(self._recent)
+        events: list[Event] = []
+        cursor = start  # stream offset up to which this chunk has been routed
+        for vad_event in self._vad.feed(samples):
+            if isinstance(vad_event, SpeechStarted):
+                events.append(vad_event)
+                if self._response is not None and td.interrupt_response:
+                    events += self.cancel()
+                begin = max(vad_event.sample, recent_start)  # the turn starts prefix_padding before the speech
+                if begin < cursor:
+                    events += self._feed_turn(self._recent[begin - recent_start:cursor - recent_start])
+                else:
+                    cursor = begin
+                if self._units is None:  # a start on silence (nothing routed yet) still opens the turn
+                    self._open_turn()
+            else:
+                if self._units is not None:
+                    events += self._feed_turn(samples[cursor - start:vad_event.sample - start])
+                cursor = max(cursor, vad_event.sample)
+                events.append(vad_event)
+                events += self.commit_audio()
+                if td.create_response and not any(isinstance(e, ErrorEvent) for e in events):
+                    events += self.create_response()
+        if self._units is not None:
+            events += self._feed_turn(samples[cursor - start:])
+        return events
+
+    def _open_turn(self) -> None:
+        from streaming.units import IncrementalUnitEncoder
+
+        u = self.config.units
+        self._units = IncrementalUnitEncoder(self.model.speech, u.left_context_s, u.lookahead_s, u.step_s, u.max_turn_s)
+        self.begin_user_turn()
+
+    def _feed_turn(self, samples: np.ndarray) -> list[Event]:
+        if not len(samples):
+            return []
+        if self._units is None:
+            self._open_turn()
+        try:
+            update = self._units.feed(samples)
+            if update.text:
+                self.update_user_speech(self._units.emitted_string)
+        except SpiritLMError as exc:
+            self._drop_turn()
+            return [ErrorEvent("input_audio_error", str(exc))]
+        return []
+
+    def commit_audio(self) -> list[Event]:
+        """End the user's turn: exact re-encode, roll back the differing tail, prefill the rest."""
+        if self._units is None:
+            return [ErrorEvent("input_audio_buffer_commit_empty", "no audio to commit")]
+        started = self.clock()
+        try:
+            final = self._units.finish()
+            committed = self.commit_user_speech(final.string)
+        except SpiritLMError as exc:
+            self._drop_turn()
+            return [ErrorEvent("input_audio_error", str(exc))]
+        finally:
+            self._units = None
+        self._commit_s = self.clock() - started
+        return [committed]
+
+    def clear_audio(self) -> None:
+        """Discard the pending turn's audio (and what it prefilled)."""
+        if self._units is not None:
+            self._drop_turn()
+
+    def _drop_turn(self) -> None:
+        self._units = None
+        block = self.session.blocks[-1]
+        self.session.rollback(len(block.ids))
+        self.session.blocks.pop()
 
     # ------------------------------------------------------------------ responses
     @property
@@ -324,7 +437,7 @@ class ConversationEngine:
         except SpiritLMError as exc:
             events.append(ErrorEvent("vocoder_error", str(exc)))
         now = self.clock()
-        latency = {"decode_s": now - r.started, "tokens": float(len(r.token_ids))}
+        latency = {"commit_s": self._commit_s, "decode_s": now - r.started, "tokens": float(len(r.token_ids))}
         if r.first_token is not None:
             latency["first_token_s"] = r.first_token - r.started
         if r.first_audio is not None:

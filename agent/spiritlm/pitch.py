@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from .audio import SAMPLE_RATE
+from .errors import AudioError
 from .checkpoints import CheckpointError, CheckpointTree, F0_QUANTIZER_DIR, load_state_dict_strict, load_torch_file, require_keys
 
 log = logging.getLogger(__name__)
@@ -241,5 +242,8 @@ class PitchEncoder:
         return cls(extractor, quantizer)
 
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
-        f0, vuv = self.extractor(wav)
+        try:
+            f0, vuv = self.extractor(wav)
+        except IndexError:  # torchfcpe cannot interpolate F0 when no frame is voiced (the release fails too)
+            raise AudioError("no voiced frame found in this audio (chunk); the pitch extractor needs some voiced speech") from None
         return self.quantizer(f0, vuv)

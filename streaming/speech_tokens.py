@@ -3,8 +3,9 @@
 Incremental twin of ``agent.spiritlm.tokens.string_to_units``: a HuBERT unit takes the pitch
 and style current when it was generated; units before the first pitch/style take the first
 one, so for the Expressive model units wait until both a pitch and a style token have been
-seen. At ``flush`` the offline fallbacks apply: the caller's context pitch/style (the last
-ones before the segment), then a random common style, exactly as offline decoding does.
+seen. At ``flush`` the offline fallbacks apply: a segment with pitch but no style gets a
+random common style; a segment with no pitch gets the caller's context pitch (and style, if
+it has none), exactly as offline decoding does.
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ class UnitTokenParser:
         """End of the segment: resolve waiting units with the offline fallbacks."""
         if not self.expressive:
             return self._release(None, None)
-        pitch = self.first_pitch if self.first_pitch is not None else self.context_pitch
-        style = self.first_style if self.first_style is not None else self.context_style
+        if self.first_pitch is not None:  # decoded as the release does: a missing style is a random common one
+            pitch, style = self.first_pitch, self.first_style
+        else:  # no pitch at all: the context's pitch (and style, if the segment has none)
+            pitch = self.context_pitch
+            style = self.first_style if self.first_style is not None else self.context_style
         if style is None and pitch is not None:
             style = random.choice(MOST_COMMON_STYLES)
         if pitch is None or style is None:

@@ -108,3 +108,15 @@ def test_generate_rejects_bad_arguments(models):
         model.generate([PromptPart("text", "x")], output_modality="video")
     with pytest.raises(InvalidArgumentError, match="window"):
         model.generate(prompt="[Hu1]" * 2000, max_new_tokens=5)
+
+
+def test_decode_drops_a_leading_space_like_the_slow_tokenizer(models):
+    tok = models["base"].tokenizer
+    assert tok.decode(tok.encode(" hi")) == "hi" and tok.decode(tok.encode("  hi")) == " hi"
+    assert tok.decode(tok.encode(" [Hu5]")) == "[Hu5]"
+
+
+def test_speech_mode_never_bans_eos(models):
+    model = models["base"]
+    banned = set(model.banned_ids("speech").tolist())
+    assert not banned & model.eos_ids and model.tokenizer.token_id("[Text]") in banned

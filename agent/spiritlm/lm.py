@@ -91,20 +91,31 @@ class SpiritTokenizer:
         return ids[1:] if ids and ids[0] == space else ids
 
     def decode(self, ids: list[int]) -> str:
-        """Decode, skipping ``<s>``/``</s>``/``<unk>`` (``skip_special_tokens=True``)."""
+        """Decode like the slow tokenizer with ``skip_special_tokens=True``.
+
+        ``<s>``/``</s>``/``<unk>`` are skipped, and the first piece loses its leading ``▁``
+        before sentencepiece (which also drops the dummy-prefix space) decodes the pieces, so
+        text that starts with a space loses that space, as in the release.
+        """
         out, run = [], []
         skip = set(self.special.values())
+
+        def flush():
+            if run:
+                if not out and run[0].startswith("\u2581"):
+                    run[0] = run[0][1:]
+                out.append(self.sp.DecodePieces(run))
+                run.clear()
+
         for i in ids:
             if i in skip:
                 continue
             if i in self.id_to_added:
-                out.append(self.sp.DecodeIds(run) if run else "")
+                flush()
                 out.append(self.id_to_added[i])
-                run = []
             else:
-                run.append(i)
-        if run:
-            out.append(self.sp.DecodeIds(run))
+                run.append(self.sp.IdToPiece(i))
+        flush()
         return "".join(out)
 
     def unit_ids(self, prefix: str) -> list[int]:

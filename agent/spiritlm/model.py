@@ -104,8 +104,10 @@ class SpiritLM:
         return "".join(pieces)
 
     def banned_ids(self, output_modality: str, force: bool = True) -> torch.Tensor:
+        """Forbidden ids as ``generate`` applies them: transformers never bans the EOS id, so a
+        forced speech reply can still end."""
         ids = self.tokenizer.forbidden_ids(output_modality, self.speech.expressive) if force else []
-        return torch.tensor(ids, dtype=torch.long)
+        return torch.tensor([i for i in ids if i not in self.eos_ids], dtype=torch.long)
 
     @torch.inference_mode()
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, banned: torch.Tensor,
@@ -154,9 +156,10 @@ class SpiritLM:
         return GenerationResult(prompt=prompt, generated=generated, token_ids=new_ids, segments=segments)
 
     def _with_expressive_context(self, segment: str, context: str) -> str:
-        """Give an expressive speech segment that has no pitch or style token the last ones seen
-        before it, so it can be vocoded (the release fails on such segments)."""
-        if not self.speech.expressive:
+        """Give an expressive speech segment with no pitch token the last pitch (and, if it has
+        no style either, the last style) seen before it, so it can be vocoded. The release
+        fails on such segments; segments with pitch are left as the release decodes them."""
+        if not self.speech.expressive or "[Pi" in segment:
             return segment
         prefix = ""
         for kind in ("St", "Pi"):
@@ -170,6 +173,8 @@ class SpiritLM:
         if output_modality == "text":
             return [Segment("text", text=new)]
         if output_modality == "speech":
+            if "[Hu" not in new:  # e.g. EOS first: nothing to say (the release fails to vocode it)
+                return []
             return [Segment("speech", audio=self.speech.decode(self._with_expressive_context(new, prompt), speaker=speaker))]
         continues_prompt_speech = ends_with_speech_token(prompt) and starts_with_speech_token(new)
         prompt_speech_start = 0

@@ -75,7 +75,7 @@ class AudioDelta:
 class ResponseDone:
     response_id: int
     status: str  # completed | cancelled | incomplete
-    reason: str  # eos | max_tokens | modality_switch | cancelled | context_full
+    reason: str  # eos | max_tokens | modality_switch | stop_string | cancelled | context_full
     token_ids: list[int] = field(default_factory=list)
     latency: dict[str, float] = field(default_factory=dict)
 
@@ -141,6 +141,7 @@ class EngineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     speaker: int = 2
     stop_on_modality_switch: bool = True  # arbitrary output: stop when the model starts another turn in text
+    stop_strings: tuple[str, ...] = ()  # stop when the reply's text ends with one of these (e.g. "\nUser:")
 
     def __post_init__(self):
         if self.output_modality not in ("speech", "text", "arbitrary"):
@@ -390,6 +391,7 @@ class ConversationEngine:
         self._set_reply_text(r, r.token_ids)
         events: list[Event] = []
         if token in self.model.eos_ids:
+            self.session.rollback(1)  # EOS ends the reply; the conversation text goes on without it
             return self._finish("completed", "eos", events)
         if token in self.marker_ids:
             entering_speech = self.marker_ids[token] == "s"
@@ -404,6 +406,8 @@ class ConversationEngine:
             if text.startswith(r.transcript) and not text.endswith("\ufffd") and len(text) > len(r.transcript):
                 events.append(TranscriptDelta(r.id, text[len(r.transcript):]))  # whole characters only
                 r.transcript = text
+        if r.config.stop_strings and self.session.blocks[-1].text.endswith(r.config.stop_strings):
+            return self._finish("completed", "stop_string", events)
         if len(r.token_ids) >= r.config.max_reply_tokens:
             return self._finish("incomplete", "max_tokens", events)
         return events

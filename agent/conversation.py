@@ -436,6 +436,9 @@ class ConversationEngine:
 
     def _finish(self, status: str, reason: str, events: list[Event]) -> list[Event]:
         r = self._response
+        text = self._reply_text(r.text_ids) if r.text_ids else ""
+        if text != r.transcript and text.startswith(r.transcript):  # e.g. a cut-off multi-byte character
+            events.append(TranscriptDelta(r.id, text[len(r.transcript):]))
         try:
             events += self._vocode(r.parser.flush(), flush=True)
         except SpiritLMError as exc:

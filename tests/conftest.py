@@ -35,7 +35,10 @@ def piper_voice():
 
 
 def synthesize(voice, text: str) -> tuple[np.ndarray, int]:
-    chunks = list(voice.synthesize(text))
+    """Piper speech without its random noise, so every run hears the same audio."""
+    from piper import SynthesisConfig
+
+    chunks = list(voice.synthesize(text, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
     return np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32), chunks[0].sample_rate
 
 

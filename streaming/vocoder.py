@@ -60,7 +60,7 @@ fit") can only happen at :meth:`flush`.
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -86,6 +86,7 @@ _DEFAULT_SLOPE = 0.01  # F.leaky_relu's default, used before conv_post by the re
 # PyTorch runs a float CPU Conv1d (batch 1) through oneDNN only above this many input values;
 # below it, our own im2col GEMM is much faster than ATen's fallback kernels.
 _MKLDNN_MIN_NUMEL = 20480
+_STEADY = 1 << 20  # an input length past every start-up transient (for delay arithmetic)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -94,6 +95,20 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _time(x: torch.Tensor) -> int:
     return x.shape[-1]
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    """Run with ``n`` intra-op threads (restored afterwards); ``None`` leaves the setting alone."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------ streaming ops
@@ -134,6 +149,10 @@ class _Op:
     def reach(self, lo: int, hi: int) -> tuple[int, int]:
         raise NotImplementedError
 
+    def state_bound(self) -> int:
+        """The most values held between steps (reached once the delays have filled)."""
+        raise NotImplementedError
+
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
         return like.new_zeros(self.out_channels, 0)
 
@@ -170,6 +189,9 @@ class _Pointwise(_Op):
 
     def reach(self, lo, hi):
         return lo, hi
+
+    def state_bound(self):
+        return 0
 
 
 class _Conv(_Op):
@@ -240,6 +262,9 @@ class _Conv(_Op):
     def reach(self, lo, hi):
         return lo - self.pad, hi - self.pad + self.context
 
+    def state_bound(self):
+        return self.conv.in_channels * self.context
+
 
 class _ConvTranspose(_Op):
     """``ConvTranspose1d`` as overlap-add with a cached tail of partial sums (``k - u`` samples)."""
@@ -255,8 +280,7 @@ class _ConvTranspose(_Op):
         w = conv.weight  # [in, out, k]
         self._gemm = w.device.type == "cpu"
         self._blocks = _ceil_div(k, u)  # input i reaches output blocks i .. i + blocks - 1 (of u samples)
-        # tail: partial sums of the outputs after the current input's block (k - u of them are nonzero)
-        self.tail_len = (self._blocks - 1) * u if self._gemm else k - u
+        self.tail_len = k - u  # partial sums of the outputs after the last input's block
         if self._gemm:  # [out * blocks * u, in]: zero-padded kernel, so every block has u taps
             padded = F.pad(w, (0, self._blocks * u - k))
             self._wt = padded.permute(1, 2, 0).reshape(-1, w.shape[0])
@@ -278,7 +302,7 @@ class _ConvTranspose(_Op):
         return y
 
     def _full(self, x: torch.Tensor) -> torch.Tensor:
-        """Transposed conv of ``x`` without padding or bias: ``m*u + tail_len`` samples."""
+        """Transposed conv of ``x`` without padding or bias: ``m*u + k - u`` samples."""
         m, u, nb = x.shape[-1], self.stride, self._blocks
         if not self._gemm:
             return F.conv_transpose1d(x[None], self.conv.weight, None, stride=u)[0]
@@ -289,7 +313,7 @@ class _ConvTranspose(_Op):
         full = F.pad(out, (0, (nb - 1) * u))
         for b in range(1, nb):
             full[:, b * u:b * u + m * u] += z[:, b].reshape(self.out_channels, m * u)
-        return full
+        return full[:, :m * u + self.tail_len]  # the rest are the zero taps of the padded kernel
 
     def step(self, x):
         m = x.shape[-1]
@@ -327,6 +351,9 @@ class _ConvTranspose(_Op):
     def reach(self, lo, hi):
         u, k, p = self.stride, self.kernel, self.pad
         return _ceil_div(lo + p - k + 1, u), (hi + p) // u
+
+    def state_bound(self):
+        return self.out_channels * self.tail_len
 
 
 class _Chain(_Op):
@@ -369,6 +396,9 @@ class _Chain(_Op):
         for op in reversed(self.ops):
             lo, hi = op.reach(lo, hi)
         return lo, hi
+
+    def state_bound(self):
+        return sum(op.state_bound() for op in self.ops)
 
 
 class _Residual(_Op):
@@ -417,6 +447,10 @@ class _Residual(_Op):
     def reach(self, lo, hi):
         blo, bhi = self.branch.reach(lo, hi)
         return min(lo, blo), max(hi, bhi)
+
+    def state_bound(self):
+        n = _STEADY
+        return self.out_channels * (n - self.emitted(n)) + self.branch.state_bound()
 
 
 class _Mean(_Op):
@@ -472,6 +506,10 @@ class _Mean(_Op):
         ranges = [b.reach(lo, hi) for b in self.branches]
         return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
+    def state_bound(self):
+        n, m = _STEADY, self.emitted(_STEADY)
+        return sum(self.out_channels * (b.emitted(n) - m) + b.state_bound() for b in self.branches)
+
 
 def _build_generator_ops(vocoder: CodeHiFiGAN) -> _Chain:
     """Mirror ``CodeHiFiGAN.generator`` op for op."""
@@ -502,7 +540,9 @@ class ReceptiveField:
     output positions up to ``s + delay_samples`` (``right_frames == ceil(delay_samples /
     samples_per_frame)``). ``left_samples``: likewise, output sample ``s`` depends on frames from
     the one covering output position ``s - left_samples`` on.
-    ``state_values``: floats the streaming generator caches (O(receptive field), fixed).
+    ``state_values``: the most floats the streaming generator holds between calls (per-layer input
+    caches, transposed-conv tails, skip/branch queues as long as the layer delays): O(receptive
+    field), independent of the length of the stream.
     """
 
     samples_per_frame: int
@@ -529,10 +569,10 @@ def _receptive_field(ops: _Chain, samples_per_frame: int) -> ReceptiveField:
         lo, hi = ops.reach(f * samples_per_frame, (f + 1) * samples_per_frame - 1)
         lefts.append(f - lo)
         rights.append(hi - f)
-    n = 1 << 20
+    n = _STEADY
     delay = samples_per_frame * n - ops.emitted(n)
     left_samples = max(s + 1 - samples_per_frame * (ops.reach(s, s)[0] + 1) for s in range(samples_per_frame))
-    return ReceptiveField(samples_per_frame, max(lefts), max(rights), delay, left_samples, ops.state_numel())
+    return ReceptiveField(samples_per_frame, max(lefts), max(rights), delay, left_samples, ops.state_bound())
 
 
 def generator_receptive_field(vocoder: CodeHiFiGAN) -> ReceptiveField:
@@ -621,8 +661,21 @@ def _check_ints(values, what: str) -> list[int]:
 class StreamingVocoder:
     """Incremental ``CodeHiFiGAN``: ``feed(units) -> final samples``, ``flush() -> the rest``.
 
-    Parameters mirror the offline call (``speaker``, ``style_id``, ``dur_pred``);
-    ``lookahead_frames=None`` is exact; a smaller value is the low-latency mode (module doc).
+    Parameters mirror the offline call (``speaker``, ``style_id``, ``dur_pred``), plus:
+
+    - ``lookahead_frames``: ``None`` (or >= ``exact_lookahead_frames``) is exact; a smaller value
+      is the low-latency mode (module doc): not equal to offline, and each feed that releases
+      audio early also runs the generator over about ``exact_lookahead_frames - lookahead_frames``
+      made-up frames.
+    - ``step_frames``: run the generator only once this many frames are waiting (flush runs
+      the rest). Exact either way; it trades up to ``step_frames - 1`` frames (40 ms each) of
+      extra latency for fewer, larger generator calls: each call has a fixed cost (about 100
+      small convolutions to dispatch, and all generator weights to stream from memory), so
+      one-frame calls cost several times more per frame than offline (see the benchmark).
+    - ``num_threads``: torch intra-op threads while feeding/flushing (restored afterwards);
+      ``None`` leaves the setting alone. The per-step ops are small: with 1 thread they never
+      wait for a busy second core (measured here: an OpenMP fork/join waiting for a core that
+      another process holds costs ~8 ms, per op).
 
     Attributes (all derived from the checkpoint's config):
     ``receptive_field`` (:class:`ReceptiveField`), ``exact_lookahead_frames`` (generator frames
@@ -637,7 +690,8 @@ class StreamingVocoder:
     """
 
     def __init__(self, vocoder: CodeHiFiGAN, speaker: int = DEFAULT_SPEAKER, style_id: int = DEFAULT_STYLE,
-                 dur_pred: bool = True, lookahead_frames: int | None = None, step_frames: int = 1):
+                 dur_pred: bool = True, lookahead_frames: int | None = None, step_frames: int = 1,
+                 num_threads: int | None = None):
         vocoder.check_speaker(speaker)
         if dur_pred and vocoder.dur_predictor is None:
             raise InvalidArgumentError("this vocoder has no duration predictor: use --no-dur-pred")
@@ -662,6 +716,9 @@ class StreamingVocoder:
         if isinstance(step_frames, bool) or not isinstance(step_frames, int) or step_frames < 1:
             raise InvalidArgumentError(f"step_frames must be a positive integer, got {step_frames!r}")
         self.step_frames = step_frames
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+            raise InvalidArgumentError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        self.num_threads = num_threads
         self.exact = self.lookahead_frames >= self.exact_lookahead_frames
         if dur_pred:
             self.dur_context_units, self.dur_lookahead_units = duration_context(vocoder.dur_predictor)
@@ -733,7 +790,7 @@ class StreamingVocoder:
         for i, values in enumerate(extra):
             self._codes[i] += values
             self._n_codes[i] += len(values)
-        with torch.inference_mode():
+        with torch.inference_mode(), _torch_threads(self.num_threads):
             frames = self._take_frames(final=False)
             out = self._push(frames)
             if not self.exact:
@@ -752,7 +809,7 @@ class StreamingVocoder:
                         raise TokenStringError(f"no {what} units for {n} HuBERT units")
                     if abs(k * rate - n) / rate > 1:
                         raise TokenStringError(f"{k} {what} units do not fit {n} HuBERT units at ratio {rate}")
-            with torch.inference_mode():
+            with torch.inference_mode(), _torch_threads(self.num_threads):
                 frames = [f for f in (self._held, self._take_frames(final=True)) if f is not None]
                 y = self.generator.finish(torch.cat(frames, dim=1) if frames else None)
                 return self._release(y)

@@ -84,14 +84,18 @@ def run_stream(vocoder, inp: VocoderInput, chunk: int, **kw) -> tuple[np.ndarray
     return np.concatenate(outs), first if first is not None else len(inp.hubert)
 
 
-def best_time(fn, repeats: int):
-    result = fn()  # warm-up (allocator, oneDNN primitives)
-    best = float("inf")
+def best_times(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Best wall time of each function over ``repeats`` rounds, after a warm-up round (allocator,
+    oneDNN primitives). Rounds run every function in turn, so a slow spell of a shared machine
+    hits all of them rather than one row."""
+    results = {name: fn() for name, fn in fns.items()}
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best, results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", choices=("base", "expressive"), default="base")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 5, 25], help="units per feed")
-    parser.add_argument("--step-frames", type=int, nargs="*", default=[4, 8],
+    parser.add_argument("--step-frames", type=int, nargs="*", default=[8],
                         help="extra rows: 1-unit feeds with StreamingVocoder(step_frames=N)")
-    parser.add_argument("--low-latency", type=int, nargs="*", default=[0, 5, 10],
+    parser.add_argument("--low-latency", type=int, nargs="*", default=[5],
                         help="extra rows: 1-unit feeds with StreamingVocoder(lookahead_frames=K)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -117,12 +121,25 @@ def main(argv: list[str] | None = None) -> None:
     probe = StreamingVocoder(vocoder)
     rf = probe.receptive_field
 
-    t_off, ref = best_time(lambda: vocoder(inp).numpy(), args.repeats)
+    rows = [(f"streaming, {c} unit{'s' if c > 1 else ''}/feed", c, {}) for c in args.chunks]
+    rows += [(f"streaming, 1 unit/feed, step_frames={s}", 1, {"step_frames": s}) for s in args.step_frames]
+    if args.threads > 1:
+        rows += [("streaming, 1 unit/feed, num_threads=1", 1, {"num_threads": 1})]
+        rows += [(f"  same, step_frames={s}", 1, {"num_threads": 1, "step_frames": s}) for s in args.step_frames]
+    rows += [(f"low-latency K={k}, 1 unit/feed", 1, {"lookahead_frames": k}) for k in args.low_latency]
+    fns = {"offline": lambda: vocoder(inp).numpy()}
+    for label, chunk, kw in rows:
+        fns[label] = lambda chunk=chunk, kw=kw: run_stream(vocoder, inp, chunk, **kw)
+    times, results = best_times(fns, args.repeats)
+
+    ref = results["offline"]
+    t_off = times["offline"]
     audio_s = len(ref) / SAMPLE_RATE
     ms_per_unit = 1000 * audio_s / len(inp.hubert)
     channels = vocoder.cfg["upsample_initial_channel"]
     print(f"vocoder: {args.variant}, {'7B-preset shapes (random weights)' if args.shapes == '7b' else 'checkpoints'}, "
-          f"upsample_initial_channel={channels}, torch threads={torch.get_num_threads()}, cpu_count={os.cpu_count()}")
+          f"upsample_initial_channel={channels}, torch threads={torch.get_num_threads()}, cpu_count={os.cpu_count()}, "
+          f"best of {args.repeats} rounds")
     print(f"units: {len(inp.hubert)} deduplicated units -> {len(ref) // rf.samples_per_frame} frames = {audio_s:.2f} s of audio "
           f"({ms_per_unit:.0f} ms per unit)")
     print(f"receptive field: {rf.left_frames} frames left / {rf.right_frames} right (delay {rf.delay_samples} samples = "
@@ -130,21 +147,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{probe.dur_lookahead_units} right; worst-case lookahead {probe.lookahead_units} units; "
           f"generator state {rf.state_values} floats")
     print()
-    header = f"{'mode':<40}{'seconds':>9}{'ratio':>8}{'RTF':>8}{'first audio':>22}{'max err':>11}"
+    header = f"{'mode':<42}{'seconds':>9}{'ratio':>8}{'RTF':>8}{'first audio':>22}{'max err':>11}"
     print(header)
     print("-" * len(header))
-    print(f"{'offline':<40}{t_off:9.3f}{1.0:8.2f}{t_off / audio_s:8.3f}{'(all units)':>22}{0.0:11.1e}")
-    rows = [(f"streaming, {c} unit{'s' if c > 1 else ''}/feed", c, {}) for c in args.chunks]
-    rows += [(f"streaming, 1 unit/feed, step_frames={s}", 1, {"step_frames": s}) for s in args.step_frames]
-    rows += [(f"low-latency K={k}, 1 unit/feed", 1, {"lookahead_frames": k}) for k in args.low_latency]
-    for label, chunk, kw in rows:
-        t, (out, first) = best_time(lambda: run_stream(vocoder, inp, chunk, **kw), args.repeats)
+    print(f"{'offline':<42}{t_off:9.3f}{1.0:8.2f}{t_off / audio_s:8.3f}{'(all units)':>22}{0.0:11.1e}")
+    for label, _, _ in rows:
+        out, first = results[label]
         if out.shape != ref.shape:
             raise SystemExit(f"{label}: length {out.shape} != offline {ref.shape}")
+        t = times[label]
         err = float(np.abs(out - ref).max())
         first_txt = f"{first} units ({first * ms_per_unit:.0f} ms)"
-        print(f"{label:<40}{t:9.3f}{t / t_off:8.2f}{t / audio_s:8.3f}{first_txt:>22}{err:11.1e}", flush=True)
-
+        print(f"{label:<42}{t:9.3f}{t / t_off:8.2f}{t / audio_s:8.3f}{first_txt:>22}{err:11.1e}")
 
 if __name__ == "__main__":
     main()

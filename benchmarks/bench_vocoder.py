@@ -13,6 +13,11 @@ time. Times are the best of ``--repeats`` runs after a warm-up run. Columns:
 - ``first audio``: units fed before the first samples came out (and that many units' worth of
   audio in ms at the utterance's mean duration), i.e. the algorithmic lookahead plus the chunk;
 - ``max err``: max |streaming - offline| (exact mode: float rounding only).
+
+Extra rows: 1-unit feeds with ``step_frames`` (generator run on >= N frames), with
+``num_threads=1`` (only when --threads > 1), and the low-latency mode (``lookahead_frames=K``,
+not exact: its max err is the price). Rounds run every mode in turn and keep each mode's best,
+so a busy spell of a shared machine does not land on one row only.
 """
 
 from __future__ import annotations
@@ -86,8 +91,7 @@ def run_stream(vocoder, inp: VocoderInput, chunk: int, **kw) -> tuple[np.ndarray
 
 def best_times(fns: dict, repeats: int) -> tuple[dict, dict]:
     """Best wall time of each function over ``repeats`` rounds, after a warm-up round (allocator,
-    oneDNN primitives). Rounds run every function in turn, so a slow spell of a shared machine
-    hits all of them rather than one row."""
+    oneDNN primitives)."""
     results = {name: fn() for name, fn in fns.items()}
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):

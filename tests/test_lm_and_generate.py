@@ -1,5 +1,7 @@
 """Tokenizer ids, modality forcing, cached decoding and offline generate."""
 
+import random
+
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -84,10 +86,12 @@ def test_prompt_building(models, speech):
 def test_generate_each_modality(models, speech, variant):
     model = models[variant]
     parts = [PromptPart("speech", speech["weather"][1])]
+    random.seed(0)  # a run with pitch but no style takes a random common style, as in the release
     result = model.generate(parts, output_modality="speech", max_new_tokens=30)
     assert len(result.token_ids) == 30 and result.generated.startswith(("[Hu", "[Pi", "[St"))
     assert all(t in model.tokenizer.unit_ids("Hu") + model.tokenizer.unit_ids("Pi") + model.tokenizer.unit_ids("St") for t in result.token_ids)
     assert [s.kind for s in result.segments] == ["speech"] and len(result.segments[0].audio) > 0
+    random.seed(0)
     again = model.generate(parts, output_modality="speech", max_new_tokens=30)
     assert again.token_ids == result.token_ids and np.array_equal(again.segments[0].audio, result.segments[0].audio)
 

@@ -190,6 +190,35 @@ def test_streaming_generator_equals_offline_generator(vocoders, chunks, seed):
     assert (out - ref).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize("changes", [
+    dict(resblock_kernel_sizes=[3, 5], resblock_dilation_sizes=[[1, 2], [2, 6]]),
+    dict(upsample_rates=[4, 4, 5, 8], upsample_kernel_sizes=[8, 9, 10, 16]),  # odd k - u: T * u + 1 samples
+    dict(upsample_rates=[8, 8, 10], upsample_kernel_sizes=[16, 16, 20], resblock_kernel_sizes=[7], resblock_dilation_sizes=[[1, 3, 5, 7]]),
+])
+def test_other_generator_configs_stream_exactly(changes):
+    """Nothing is tied to the release's layer sizes: context, delays and output follow the config."""
+    cfg = dict(vocoder_config(TINY, expressive=False), upsample_initial_channel=32, **changes)
+    torch.manual_seed(0)
+    vocoder = CodeHiFiGAN(cfg).eval().requires_grad_(False)
+    rf = generator_receptive_field(vocoder)
+    n = 64
+    x = torch.randn(1, vocoder.conv_pre.in_channels, n, generator=torch.Generator().manual_seed(1))
+    ref = vocoder.generator(x)
+    gen = StreamingGenerator(vocoder)
+    rng, pieces, start, checked = random.Random(2), [], 0, 0
+    while start < n:
+        c = min(rng.randint(1, 6), n - start)
+        pieces.append(gen.push(x[..., start:start + c]))
+        start += c
+        if start > 2 * rf.right_frames:  # past the start-up transient
+            assert sum(p.shape[-1] for p in pieces) == rf.samples_per_frame * start - rf.delay_samples
+            checked += 1
+    pieces.append(gen.finish())
+    out = torch.cat(pieces, dim=-1)
+    assert out.shape == ref.shape and (out - ref).abs().max().item() < TOL
+    assert checked and rf.right_frames == math.ceil(rf.delay_samples / rf.samples_per_frame)
+
+
 # ------------------------------------------------------------------ exactness for any chunking
 @given(n=st.integers(1, 40), largest=st.integers(1, 12), seed=st.integers(0, 2 ** 20), step=st.sampled_from([1, 1, 3]))
 @settings(max_examples=8, **FIXTURE_SETTINGS)

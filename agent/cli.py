@@ -98,6 +98,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.wav", help="write generated speech (all speech segments, in order)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of plain text")
     p.add_argument("--f0", choices=("fcpe", "pyaapt"), default="fcpe", help="pitch backbone for the expressive model")
+
+    p = sub.add_parser("serve", help="run the realtime websocket server (OpenAI Realtime-compatible)",
+                       description="Serve live voice conversations over websockets: the OpenAI Realtime API's GA events at "
+                                   "ws://HOST:PORT/v1/realtime (any Realtime client or the openai SDK with "
+                                   "websocket_base_url=ws://HOST:PORT/v1), plus /healthz and /metrics (Prometheus). "
+                                   "SIGTERM or Ctrl-C ends replies in progress and closes sessions with 1001.")
+    _add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--token", default=os.environ.get("SPIRITLM_AGENT_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' (default: $SPIRITLM_AGENT_TOKEN; none: no check)")
+    p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions; more get HTTP 503 (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=16, help="sessions decoded in one forward pass (default: %(default)s)")
+    p.add_argument("--max-message-mib", type=float, default=8, help="largest websocket message in MiB (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=600, metavar="S", help="close sessions idle this long (default: %(default)s s)")
+    p.add_argument("--f0", choices=("fcpe", "pyaapt"), default="fcpe", help="pitch backbone for the expressive model")
+
+    p = sub.add_parser("send", help="send an audio file to a running server as one turn; save the spoken reply",
+                       description="Stream AUDIO to a spiritlm-agent server over the realtime websocket protocol as one user "
+                                   "turn (manual commit), write the reply audio as a PCM16 WAV at --rate, and print the "
+                                   "transcript and the latency (client: from the commit; server: its own timings).")
+    p.add_argument("audio", metavar="AUDIO", help="audio file (any rate; channels are averaged)")
+    p.add_argument("-o", "--output", metavar="OUT.wav", help="write the reply audio here")
+    p.add_argument("--url", default="ws://127.0.0.1:8765/v1/realtime", help="server URL (default: %(default)s)")
+    p.add_argument("--token", default=os.environ.get("SPIRITLM_AGENT_TOKEN"), help="bearer token (default: $SPIRITLM_AGENT_TOKEN)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", dest="pace", action="store_const", const="realtime", help="send at speaking speed (the default)")
+    pace.add_argument("--fast", dest="pace", action="store_const", const="fast", help="send as fast as the connection allows")
+    p.set_defaults(pace="realtime")
+    p.add_argument("--rate", type=int, choices=(24000, 16000), default=24000, help="audio rate on the wire, both ways (default: 24000)")
+    p.add_argument("--voice", help="reply voice: a speaker index or an OpenAI voice name")
+    p.add_argument("--output-modality", choices=("speech", "text", "arbitrary"), help="what the reply is (default: the server's, speech)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="greedy decoding (the server's default)")
+    mode.add_argument("--temperature", type=float, help="sample with this temperature")
+    p.add_argument("--seed", type=int, help="seed for sampling")
     return parser
 
 
@@ -192,7 +228,72 @@ def cmd_generate(args) -> int:
     return 0
 
 
-COMMANDS = {"make-checkpoints": cmd_make_checkpoints, "tokenize": cmd_tokenize, "vocode": cmd_vocode, "generate": cmd_generate}
+def cmd_send(args) -> int:
+    import asyncio
+
+    import soundfile as sf
+
+    from agent.spiritlm.audio import read_audio, to_mono
+    from clients.file_client import send_file
+    from streaming.audio import float_to_int16
+
+    wav, rate = read_audio(args.audio)
+    session: dict = {"audio": {"output": {"voice": args.voice}}} if args.voice else {}
+    ext = {k: v for k, v in {"output_modality": args.output_modality, "seed": args.seed}.items() if v is not None}
+    if args.greedy:
+        ext["greedy"] = True
+    if args.temperature is not None:
+        ext.update(greedy=False, temperature=args.temperature)
+    if ext:
+        session["spiritlm"] = ext
+    reply = asyncio.run(send_file(args.url, to_mono(wav).numpy(), audio_rate=rate, token=args.token, pace=args.pace,
+                                  rate=args.rate, session=session))
+    if reply.response.get("status") != "completed":
+        log.warning("the response ended %s: %s", reply.response.get("status"), reply.response.get("status_details"))
+    if not reply.audio.size:
+        log.warning("no audio came back%s", f"; {args.output} not written" if args.output else "")
+    elif args.output:
+        sf.write(args.output, float_to_int16(reply.audio), reply.rate, subtype="PCM_16")
+        log.info("wrote %s (%.2fs of audio)", args.output, reply.audio.size / reply.rate)
+    print(reply.transcript or reply.text)
+    print(reply.latency_summary())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+    import signal
+
+    from agent.server import RealtimeServer, ServerConfig
+    from agent.spiritlm.errors import InvalidArgumentError
+    from agent.spiritlm.model import SpiritLM
+
+    if args.max_sessions < 1 or args.max_batch < 1 or args.max_message_mib <= 0 or args.idle_timeout <= 0:
+        raise InvalidArgumentError("--max-sessions, --max-batch, --max-message-mib and --idle-timeout must be positive")
+    started = time.perf_counter()
+    model = SpiritLM(_tree(args), args.model, args.device, args.dtype, args.f0)
+    log.info("loaded SpiRit-LM %s in %.1f s", args.model, time.perf_counter() - started)
+    config = ServerConfig(host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions,
+                          max_batch=args.max_batch, max_message_bytes=int(args.max_message_mib * 2**20),
+                          idle_timeout_s=args.idle_timeout)
+
+    async def run() -> None:
+        server = RealtimeServer(model, config)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.shutdown()))
+        await server.wait_stopped()
+
+    asyncio.run(run())
+    return 0
+
+
+COMMANDS = {"make-checkpoints": cmd_make_checkpoints, "tokenize": cmd_tokenize, "vocode": cmd_vocode, "generate": cmd_generate,
+            "send": cmd_send, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

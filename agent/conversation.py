@@ -25,17 +25,19 @@ block starts with a modality marker so the context can be tokenized block by blo
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from agent.spiritlm.errors import InvalidArgumentError, SpiritLMError
-from agent.spiritlm.lm import SamplingConfig
+from agent.spiritlm.lm import SamplingConfig, next_token
 from agent.spiritlm.model import SpiritLM
 from agent.spiritlm.tokens import SPEECH_MARKER, TEXT_MARKER
-from streaming.lm import ContextFullError, LMSession
+from streaming.lm import Block, ContextFullError, LMSession
 from streaming.speech_tokens import UnitTokenParser
 from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector  # VAD events are engine events as they are
 
@@ -49,14 +51,16 @@ SAMPLE_RATE = 16_000
 class TurnCommitted:
     """A user turn entered the context (``kind`` audio or text)."""
 
-    kind: str
+    kind: str  # audio | text | message
     content: str  # the user block as a token string
     rolled_back: int = 0  # provisional tokens replaced by the exact re-encode
+    block: Block | None = None  # the turn's block in the context (for deleting it later)
 
 
 @dataclass
 class ResponseStarted:
     response_id: int
+    block: Block | None = None  # the reply's block in the context
 
 
 @dataclass
@@ -99,11 +103,22 @@ class PromptTemplate:
     def prefix(self) -> str:
         return f"{TEXT_MARKER}{self.instruction}" if self.instruction else ""
 
+    def user_message(self, parts: list[tuple[str, str]]) -> str:
+        """A user turn from ``("text", words)`` and ``("speech", unit string)`` parts, in order."""
+        out, in_speech = f"{TEXT_MARKER}{self.user_cue}", False
+        for kind, value in parts:
+            if kind == "text":
+                out += (TEXT_MARKER if in_speech else "") + " " + value
+            else:
+                out += ("" if in_speech else SPEECH_MARKER) + value
+            in_speech = kind != "text"
+        return out
+
     def user_speech(self, units: str) -> str:
-        return f"{TEXT_MARKER}{self.user_cue}{SPEECH_MARKER}{units}"
+        return self.user_message([("speech", units)])
 
     def user_text(self, text: str) -> str:
-        return f"{TEXT_MARKER}{self.user_cue} {text}"
+        return self.user_message([("text", text)])
 
     def assistant_start(self, modality: str) -> str:
         return f"{TEXT_MARKER}{self.assistant_cue}" + ("" if modality == "text" else SPEECH_MARKER)
@@ -152,11 +167,14 @@ class EngineConfig:
 
 # ---------------------------------------------------------------------------- the engine
 class _Response:
-    def __init__(self, response_id: int, config: EngineConfig, parser: UnitTokenParser, vocoder, started: float):
+    def __init__(self, response_id: int, config: EngineConfig, parser: UnitTokenParser, vocoder, block: Block,
+                 started: float):
         self.id = response_id
         self.config = config
         self.parser = parser
         self.vocoder = vocoder
+        self.block = block
+        self.start_len = len(block.ids)  # the assistant cue's tokens; reply tokens follow
         self.token_ids: list[int] = []
         self.generator = config.sampling.generator()
         self.started = started
@@ -166,10 +184,26 @@ class _Response:
         self.text_ids: list[int] = []
         self.transcript = ""  # text tokens decoded so far (transcript deltas are its increments)
         self.in_speech = config.output_modality != "text"
+        self.unit_tokens: list[int] = []  # index in token_ids of each HuBERT unit token
+        # Frames of each unit (the vocoder's live list: it also gets the units that flush() frames).
+        self.unit_frames: list[int] = vocoder.unit_frames if vocoder is not None else []
+        self.samples_per_frame = vocoder.samples_per_frame if vocoder is not None else 0
+
+    def tokens_within(self, samples: int) -> int:
+        """Reply tokens before the first unit whose audio does not end within ``samples`` (16 kHz)."""
+        end = 0
+        for j, frames in enumerate(self.unit_frames):
+            end += frames * self.samples_per_frame
+            if end > samples:
+                return self.unit_tokens[j]
+        framed = len(self.unit_frames)  # later units have no audio yet
+        return self.unit_tokens[framed] if framed < len(self.unit_tokens) else len(self.token_ids)
 
 
 class ConversationEngine:
     """One conversation over a shared ``SpiritLM`` (the model is only read)."""
+
+    KEPT_REPLIES = 32  # finished replies that can still be truncated (barge-in arrives after the reply ended)
 
     def __init__(self, model: SpiritLM, config: EngineConfig | None = None, vocoder_factory=None, clock=time.perf_counter):
         self.model = model
@@ -179,16 +213,22 @@ class ConversationEngine:
         self.clock = clock
         self._vocoder_factory = vocoder_factory or self._default_vocoder
         self._response: _Response | None = None
+        self._replies: OrderedDict[int, _Response] = OrderedDict()
         self._next_response_id = 1
-        prefix = self.config.template.prefix()
         self.session.start_block(droppable=False)
-        self._append_text(self.tokenizer.encode(prefix) if prefix else [self.tokenizer.bos_id], prefix)
+        self._set_prefix()
         self._vad = self._make_vad()
+        self._speaking = False  # the VAD is inside a user turn
         self._units = None  # IncrementalUnitEncoder of the turn being spoken
+        self._held: list[np.ndarray] = []  # turn audio that arrived while a reply was being decoded
+        self._held_samples = 0
+        self._held_commit = False  # the held turn was committed (and should get a reply)
+        self._held_response = False
         self._heard = 0  # 16 kHz samples received so far (stream offset)
         self._recent = np.zeros(0, np.float32)  # the last samples, for the VAD's prefix padding
         self._commit_s = 0.0
         self.speech_ids = set(self.tokenizer.unit_ids("Hu") + self.tokenizer.unit_ids("Pi") + self.tokenizer.unit_ids("St"))
+        self.hubert_ids = set(self.tokenizer.unit_ids("Hu"))
         self.marker_ids = {self.tokenizer.token_id(TEXT_MARKER): "t", self.tokenizer.token_id(SPEECH_MARKER): "s"}
 
     def _make_vad(self):
@@ -198,23 +238,30 @@ class ConversationEngine:
         return TurnDetector(aggressiveness=td.aggressiveness, threshold=td.threshold,
                             silence_duration_ms=td.silence_duration_ms, prefix_padding_ms=td.prefix_padding_ms)
 
-    def _default_vocoder(self):
+    def _default_vocoder(self, speaker: int):
         from streaming.vocoder import StreamingVocoder
 
-        return StreamingVocoder(self.model.speech.vocoder, speaker=self.config.speaker)
+        return StreamingVocoder(self.model.speech.vocoder, speaker=speaker)
+
+    def _set_prefix(self) -> None:
+        prefix = self.config.template.prefix()
+        self.session.replace_block(0, self.tokenizer.encode(prefix) if prefix else [self.tokenizer.bos_id])
+        self.session.blocks[0].text = prefix
+
+    def configure(self, config: EngineConfig) -> None:
+        """New settings: they apply from the next turn and response; a new instruction replaces the
+        prefix at once (the conversation after it is prefilled again)."""
+        old, self.config = self.config, config
+        if config.template.prefix() != old.template.prefix():
+            self._set_prefix()
+        if config.turn_detection != old.turn_detection:
+            self._vad, self._speaking = self._make_vad(), False
 
     # ------------------------------------------------------------------ context
     @property
     def context_text(self) -> str:
         """The context as a token string: what an offline prompt for the same state would be."""
         return "".join(block.text for block in self.session.blocks)
-
-    def _append_text(self, ids: list[int], text: str) -> None:
-        self.session.append(ids)
-        self.session.blocks[-1].text += text
-
-    def _start_block(self) -> None:
-        self.session.start_block()
 
     def set_block(self, text: str, reserve: int = 0) -> int:
         """Make the current block read ``text``: roll back to the first differing token, prefill the rest.
@@ -232,10 +279,23 @@ class ConversationEngine:
         self.session.blocks[-1].text = text
         return rolled
 
+    def _block_index(self, block: Block) -> int | None:
+        return next((i for i, b in enumerate(self.session.blocks) if b is block), None)
+
+    def delete_block(self, block: Block) -> bool:
+        """Remove a turn (user or finished reply) from the context; False if it was no longer there."""
+        if self._response is not None and block is self._response.block:
+            raise InvalidArgumentError("the reply being generated cannot be deleted: cancel it first")
+        index = self._block_index(block)
+        if not index:  # None, or the prefix (never a turn)
+            return False
+        self.session.delete_block(index)
+        return True
+
     # ------------------------------------------------------------------ user input
     def begin_user_turn(self) -> None:
         """Open the block that provisional units of the coming turn will fill."""
-        self._start_block()
+        self.session.start_block()
 
     def update_user_speech(self, units_string: str) -> int:
         """Provisional (or final) units of the current user turn; returns tokens rolled back."""
@@ -243,12 +303,25 @@ class ConversationEngine:
 
     def commit_user_speech(self, units_string: str) -> TurnCommitted:
         rolled = self.update_user_speech(units_string)
-        return TurnCommitted("audio", self.session.blocks[-1].text, rolled)
+        return TurnCommitted("audio", self.session.blocks[-1].text, rolled, self.session.blocks[-1])
 
-    def add_user_text(self, text: str) -> TurnCommitted:
-        self._start_block()
-        self.set_block(self.config.template.user_text(text))
-        return TurnCommitted("text", self.session.blocks[-1].text)
+    def add_user_message(self, parts: list[tuple[str, str | np.ndarray]]) -> list[Event]:
+        """A whole user turn from ``("text", str)`` and ``("audio", 16 kHz float samples)`` parts."""
+        if self._response is not None or self._units is not None or self._held:
+            return [ErrorEvent("conversation_busy", "a message can be added only between turns: wait for the "
+                               "response to finish, or commit or clear the input audio first")]
+        try:
+            resolved = [(kind, value if kind == "text" else self.model.speech.encode_string(torch.from_numpy(
+                np.asarray(value, dtype=np.float32)))) for kind, value in parts]
+        except SpiritLMError as exc:
+            return [ErrorEvent("input_audio_error", str(exc))]
+        self.session.start_block()
+        self.set_block(self.config.template.user_message(resolved))
+        kind = resolved[0][0] if len(resolved) == 1 else "message"
+        return [TurnCommitted(kind, self.session.blocks[-1].text, 0, self.session.blocks[-1])]
+
+    def add_user_text(self, text: str) -> list[Event]:
+        return self.add_user_message([("text", text)])
 
     # ------------------------------------------------------------------ user audio
     def feed_audio(self, samples: np.ndarray) -> list[Event]:
@@ -269,23 +342,29 @@ class ConversationEngine:
                 events.append(vad_event)
                 if self._response is not None and td.interrupt_response:
                     events += self.cancel()
+                self._speaking = True
                 begin = max(vad_event.sample, recent_start)  # the turn starts prefix_padding before the speech
                 if begin < cursor:
                     events += self._feed_turn(self._recent[begin - recent_start:cursor - recent_start])
                 else:
                     cursor = begin
-                if self._units is None:  # a start on silence (nothing routed yet) still opens the turn
-                    self._open_turn()
             else:
-                if self._units is not None:
+                if self._speaking:
                     events += self._feed_turn(samples[cursor - start:vad_event.sample - start])
                 cursor = max(cursor, vad_event.sample)
+                self._speaking = False
                 events.append(vad_event)
-                events += self.commit_audio()
-                if td.create_response and not any(isinstance(e, ErrorEvent) for e in events):
-                    events += self.create_response()
-        if self._units is not None:
+                events += self._end_turn(td.create_response)
+        if self._speaking:
             events += self._feed_turn(samples[cursor - start:])
+        return events
+
+    def _end_turn(self, create_response: bool) -> list[Event]:
+        events = self.commit_audio()
+        if self._held_commit:  # waits for the reply in progress
+            self._held_response = self._held_response or create_response
+        elif create_response and not any(isinstance(e, ErrorEvent) for e in events):
+            events += self.create_response()
         return events
 
     def _open_turn(self) -> None:
@@ -297,6 +376,15 @@ class ConversationEngine:
 
     def _feed_turn(self, samples: np.ndarray) -> list[Event]:
         if not len(samples):
+            return []
+        if self._response is not None:  # the reply's block is last: the turn's audio waits for its end
+            limit = int(self.config.units.max_turn_s * SAMPLE_RATE)
+            if self._held_samples + len(samples) > limit:
+                self._held, self._held_samples, self._held_commit, self._held_response = [], 0, False, False
+                return [ErrorEvent("input_audio_buffer_overflow", f"more than {self.config.units.max_turn_s:g} s of user "
+                                   "audio arrived during one reply; that audio was dropped")]
+            self._held.append(np.array(samples, dtype=np.float32))
+            self._held_samples += len(samples)
             return []
         if self._units is None:
             self._open_turn()
@@ -310,7 +398,12 @@ class ConversationEngine:
         return []
 
     def commit_audio(self) -> list[Event]:
-        """End the user's turn: exact re-encode, roll back the differing tail, prefill the rest."""
+        """End the user's turn: exact re-encode, roll back the differing tail, prefill the rest.
+
+        During a reply the turn's audio is held; its commit then happens when the reply ends."""
+        if self._held:
+            self._held_commit = True
+            return []
         if self._units is None:
             return [ErrorEvent("input_audio_buffer_commit_empty", "no audio to commit")]
         started = self.clock()
@@ -327,6 +420,7 @@ class ConversationEngine:
 
     def clear_audio(self) -> None:
         """Discard the pending turn's audio (and what it prefilled)."""
+        self._held, self._held_samples, self._held_commit, self._held_response = [], 0, False, False
         if self._units is not None:
             self._drop_turn()
 
@@ -341,20 +435,31 @@ class ConversationEngine:
     def responding(self) -> bool:
         return self._response is not None
 
-    def create_response(self) -> list[Event]:
+    @property
+    def response_id(self) -> int | None:
+        return None if self._response is None else self._response.id
+
+    def create_response(self, config: EngineConfig | None = None) -> list[Event]:
+        """Start a reply (``config`` overrides the engine's settings for this reply only)."""
         if self._response is not None:
             return [ErrorEvent("conversation_already_has_active_response", "a response is already in progress")]
-        cfg = self.config
+        if self._units is not None or self._held:
+            return [ErrorEvent("input_audio_buffer_not_committed", "user audio is pending: commit or clear the "
+                               "input audio buffer before asking for a response")]
+        cfg = config or self.config
         try:
-            self._start_block()
+            self.session.start_block()
             self.set_block(cfg.template.assistant_start(cfg.output_modality), reserve=cfg.max_reply_tokens)
         except ContextFullError as exc:
+            self.session.rollback(len(self.session.blocks[-1].ids))
+            self.session.blocks.pop()
             return [ErrorEvent("context_full", str(exc))]
         parser = UnitTokenParser(self.model.speech.expressive, *self._last_pitch_style())
-        vocoder = self._vocoder_factory() if cfg.output_modality != "text" else None
-        self._response = _Response(self._next_response_id, cfg, parser, vocoder, self.clock())
+        vocoder = self._vocoder_factory(cfg.speaker) if cfg.output_modality != "text" else None
+        block = self.session.blocks[-1]
+        self._response = _Response(self._next_response_id, cfg, parser, vocoder, block, self.clock())
         self._next_response_id += 1
-        return [ResponseStarted(self._response.id)]
+        return [ResponseStarted(self._response.id, block)]
 
     def _reply_text(self, ids: list[int]) -> str:
         """Text of reply tokens as it reads after the cue (an anchor keeps a leading space)."""
@@ -362,12 +467,9 @@ class ConversationEngine:
         return self.tokenizer.decode([anchor] + ids)[len(TEXT_MARKER):]
 
     def _set_reply_text(self, r: "_Response", ids: list[int]) -> None:
-        # The reply may have outgrown the window and pushed turns out; its block is always the last.
-        self.session.blocks[-1].text = self.config.template.assistant_start(r.config.output_modality) + self._reply_text(ids)
+        r.block.text = r.config.template.assistant_start(r.config.output_modality) + self._reply_text(ids)
 
     def _last_pitch_style(self) -> tuple[int | None, int | None]:
-        import re
-
         values = []
         for kind in ("Pi", "St"):
             found = re.findall(rf"\[{kind}(\d+)\]", self.context_text)
@@ -376,14 +478,29 @@ class ConversationEngine:
 
     def step(self) -> list[Event]:
         """Decode one token of the active response; returns the events it produced."""
+        token, events = self.begin_step()
+        if token is None:
+            return events
+        self.session.append([token])
+        return self.end_step(token)
+
+    def begin_step(self) -> tuple[int | None, list[Event]]:
+        """Choose the next token and make room for it. The forward pass comes next (``session.append``,
+        or one batched forward for many conversations), then :meth:`end_step`."""
         r = self._response
         if r is None:
-            return []
+            return None, []
         banned = self.model.banned_ids(r.config.output_modality, force=True)
         try:
-            token = self.session.step(banned, r.config.sampling, r.generator)
+            token = next_token(self.session.logits, banned, r.config.sampling, r.generator)
+            self.session.make_room(1)
         except ContextFullError as exc:
-            return self._finish("incomplete", "context_full", [ErrorEvent("context_full", str(exc))])
+            return None, self._finish("incomplete", "context_full", [ErrorEvent("context_full", str(exc))])
+        return token, []
+
+    def end_step(self, token: int) -> list[Event]:
+        """Account for ``token`` once it is in the cache: stop rules, transcript, audio."""
+        r = self._response
         now = self.clock()
         if r.first_token is None:
             r.first_token = now
@@ -399,6 +516,8 @@ class ConversationEngine:
                 return self._finish("completed", "modality_switch", events)
             r.in_speech = entering_speech
         elif token in self.speech_ids:
+            if token in self.hubert_ids:
+                r.unit_tokens.append(len(r.token_ids) - 1)
             events += self._vocode(r.parser.feed(self.tokenizer.sp.IdToPiece(token)))
         else:
             r.text_ids.append(token)
@@ -406,7 +525,7 @@ class ConversationEngine:
             if text.startswith(r.transcript) and not text.endswith("\ufffd") and len(text) > len(r.transcript):
                 events.append(TranscriptDelta(r.id, text[len(r.transcript):]))  # whole characters only
                 r.transcript = text
-        if r.config.stop_strings and self.session.blocks[-1].text.endswith(r.config.stop_strings):
+        if r.config.stop_strings and r.block.text.endswith(r.config.stop_strings):
             return self._finish("completed", "stop_string", events)
         if len(r.token_ids) >= r.config.max_reply_tokens:
             return self._finish("incomplete", "max_tokens", events)
@@ -439,10 +558,11 @@ class ConversationEngine:
         text = self._reply_text(r.text_ids) if r.text_ids else ""
         if text != r.transcript and text.startswith(r.transcript):  # e.g. a cut-off multi-byte character
             events.append(TranscriptDelta(r.id, text[len(r.transcript):]))
-        try:
-            events += self._vocode(r.parser.flush(), flush=True)
-        except SpiritLMError as exc:
-            events.append(ErrorEvent("vocoder_error", str(exc)))
+        if status != "cancelled" and r.unit_tokens:
+            try:
+                events += self._vocode(r.parser.flush(), flush=True)
+            except SpiritLMError as exc:
+                events.append(ErrorEvent("vocoder_error", str(exc)))
         now = self.clock()
         latency = {"commit_s": self._commit_s, "decode_s": now - r.started, "tokens": float(len(r.token_ids))}
         if r.first_token is not None:
@@ -450,19 +570,53 @@ class ConversationEngine:
         if r.first_audio is not None:
             latency["first_audio_s"] = r.first_audio - r.started
         self._response = None
+        r.vocoder = r.parser = None
+        self._replies[r.id] = r
+        while len(self._replies) > self.KEPT_REPLIES:
+            self._replies.popitem(last=False)
         events.append(ResponseDone(r.id, status, reason, r.token_ids, latency))
+        if self._held:  # the user spoke during the reply: that turn goes on now
+            held, self._held, self._held_samples = np.concatenate(self._held), [], 0
+            commit, create = self._held_commit, self._held_response
+            self._held_commit = self._held_response = False
+            events += self._feed_turn(held)
+            if commit:
+                events += self._end_turn(create)
         return events
 
     def cancel(self, keep_tokens: int | None = None) -> list[Event]:
-        """Stop the active response (barge-in). ``keep_tokens`` (default: all decoded) keeps only
-        that many reply tokens in the context, e.g. those whose audio reached the user."""
+        """Stop the active response (barge-in). The context keeps ``keep_tokens`` reply tokens; by
+        default those whose audio was produced (all decoded tokens of a text reply)."""
         r = self._response
         if r is None:
             return []
-        keep = len(r.token_ids) if keep_tokens is None else max(0, min(keep_tokens, len(r.token_ids)))
-        if keep < len(r.token_ids):
-            self.session.rollback(len(r.token_ids) - keep)
-            self._set_reply_text(r, r.token_ids[:keep])
-        r.vocoder = None  # nothing more is played
-        r.token_ids = r.token_ids[:keep]
+        if keep_tokens is None:
+            keep_tokens = r.tokens_within(r.samples_out) if r.vocoder is not None else len(r.token_ids)
+        self._keep(r, keep_tokens)
         return self._finish("cancelled", "cancelled", [])
+
+    def truncate(self, response_id: int, samples: int) -> list[Event]:
+        """The user heard only the first ``samples`` (16 kHz) of a reply's audio: keep in the context
+        only the reply tokens whose audio lies within them (cancelling the reply if it is running)."""
+        r = self._response if self._response is not None and self._response.id == response_id else None
+        r = r or self._replies.get(response_id)
+        if r is None:
+            raise InvalidArgumentError(f"response {response_id} is too old to truncate")
+        keep = r.tokens_within(samples)
+        if r is self._response:
+            return self.cancel(keep)
+        self._keep(r, keep)
+        return []
+
+    def _keep(self, r: _Response, keep: int) -> None:
+        keep = max(0, min(keep, len(r.token_ids)))
+        if keep == len(r.token_ids):
+            return
+        index = self._block_index(r.block)
+        if index is not None:  # (an old reply may have left the window already)
+            self.session.replace_block(index, r.block.ids[:r.start_len + keep])
+        r.token_ids = r.token_ids[:keep]
+        r.unit_tokens = [t for t in r.unit_tokens if t < keep]
+        r.unit_frames = r.unit_frames[:len(r.unit_tokens)]
+        r.text_ids = [t for t in r.token_ids if t not in self.speech_ids and t not in self.marker_ids]
+        self._set_reply_text(r, r.token_ids)

@@ -11,13 +11,15 @@ past ``max_positions`` silently and never crashes on a long conversation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LlamaForCausalLM
+import torch.nn.functional as F
+from transformers import DynamicCache, LlamaForCausalLM
 
 from agent.spiritlm.errors import InvalidArgumentError
-from agent.spiritlm.lm import SamplingConfig, forward_last_logits, new_cache, next_token
+from agent.spiritlm.lm import _CACHE_KWARG, SamplingConfig, forward_last_logits, new_cache, next_token
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,41 @@ class LMSession:
         self._logits = forward_last_logits(self.model, torch.tensor([[self.ids[-1]]]), self.cache)
         self.reprefilled_tokens += 1
 
+    @torch.inference_mode()
+    def replace_block(self, index: int, ids: list[int]) -> None:
+        """Give block ``index`` new ids (a truncated reply, a new instruction; ``[]`` empties it).
+
+        The cache is cropped to the first changed position and the later blocks (the same
+        ``Block`` objects) are prefilled again: the cost is what follows the change.
+        """
+        block = self.blocks[index]
+        common = 0
+        while common < min(len(block.ids), len(ids)) and block.ids[common] == ids[common]:
+            common += 1
+        later = self.blocks[index + 1:]
+        tails = [b.ids for b in later]
+        start = sum(len(b.ids) for b in self.blocks[:index]) + common
+        removed = len(self) - start
+        del block.ids[common:]
+        del self.blocks[index + 1:]
+        if removed and start == 0:
+            self.cache, self._logits = new_cache(), None
+        elif removed:
+            self.cache.crop(-(removed + 1))  # one more: the logits after the kept tail are recomputed
+            self._logits = forward_last_logits(self.model, torch.tensor([[self.ids[-1]]]), self.cache)
+            self.reprefilled_tokens += 1
+        self.append(ids[common:])
+        for b, tail in zip(later, tails):
+            b.ids = []
+            self.blocks.append(b)
+            self.append(tail)
+            self.reprefilled_tokens += len(tail)
+
+    def delete_block(self, index: int) -> None:
+        """Remove block ``index`` from the context (the later blocks are prefilled again)."""
+        self.replace_block(index, [])
+        del self.blocks[index]
+
     def make_room(self, needed: int) -> None:
         """Drop the oldest droppable blocks (never the current one) until ``needed`` tokens fit."""
         if len(self) + needed <= self.max_positions:
@@ -128,3 +165,68 @@ class LMSession:
         token = next_token(self.logits, banned, sampling, generator)
         self.append([token])
         return token
+
+
+# ---------------------------------------------------------------------- batched decoding
+@torch.inference_mode()
+def append_token_batch(sessions: Sequence[LMSession], tokens: Sequence[int]) -> None:
+    """Append one token to each session with a single batched forward (same result as s.append([t]) for each).
+
+    A server answering several conversations at once advances them all with one forward per
+    step instead of one each: on a GPU a decode step costs about the same for 1 or 8 rows.
+    The sessions' caches are left-padded into one batch cache (pads masked out, each row at its
+    own positions), and each row's new key/value is then appended to its session's own cache.
+    The caller makes room first (``s.make_room(1)``); nothing is dropped here.
+    """
+    if len(sessions) != len(tokens):
+        raise InvalidArgumentError(f"{len(sessions)} sessions but {len(tokens)} tokens")
+    if not sessions:
+        return
+    model = sessions[0].model
+    if any(s.model is not model for s in sessions):
+        raise InvalidArgumentError("batched sessions must share one model")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise InvalidArgumentError("a session appears twice in the batch")
+    for s in sessions:
+        if not len(s):
+            raise InvalidArgumentError("a batched session must already hold a token (prefill it first)")
+        if len(s) + 1 > s.max_positions:
+            raise InvalidArgumentError(f"a session with {len(s)} tokens has no room for one more in its {s.max_positions}-position "
+                                       "window (call make_room(1) first)")
+    if len(sessions) == 1:
+        sessions[0].append([tokens[0]])
+        return
+    positions = torch.tensor([len(s) for s in sessions], device=model.device)[:, None]  # each row's own next position
+    longest = int(positions.max())
+    batch = _cache_from_kv([(_left_pad([k for k, _ in layer], longest), _left_pad([v for _, v in layer], longest))
+                            for layer in zip(*(_cache_kv(s.cache) for s in sessions))])
+    # HF writes the new token at cache index ``longest`` for every row; the pads before each row are masked out.
+    mask = (torch.arange(longest + 1, device=model.device) >= longest - positions).long()
+    logits = model(input_ids=torch.tensor(tokens, device=model.device)[:, None], attention_mask=mask, position_ids=positions,
+                   **{_CACHE_KWARG: batch, "use_cache": True}).logits[:, -1]
+    for layer, (keys, values) in enumerate(_cache_kv(batch)):
+        for row, s in enumerate(sessions):
+            s.cache.update(keys[row:row + 1, :, -1:], values[row:row + 1, :, -1:], layer)
+    for row, (s, token) in enumerate(zip(sessions, tokens)):
+        s._logits = logits[row]
+        s.blocks[-1].ids.append(token)
+        s.prefilled_tokens += 1
+
+
+def _cache_kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer ``(keys, values)``, each ``[batch, heads, seq, head_dim]`` (transformers 5.x and 4.x layouts)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _cache_from_kv(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    cache = new_cache()
+    for layer, (keys, values) in enumerate(kv):
+        cache.update(keys, values, layer)
+    return cache
+
+
+def _left_pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Concatenate ``[1, heads, n_i, head_dim]`` tensors into ``[rows, heads, length, head_dim]``, zeros on the left."""
+    return torch.cat([F.pad(t, (0, 0, length - t.shape[-2], 0)) for t in tensors])

@@ -771,6 +771,9 @@ class StreamingVocoder:
         self._generated = 0  # samples the exact generator has produced
         self._emitted = 0  # samples returned to the caller
         self._last_frame: torch.Tensor | None = None
+        # Frames of each unit turned into frames so far; a new list after each reset, so a reference
+        # taken before flush() keeps the whole reply's (the caller maps played audio back to units).
+        self.unit_frames: list[int] = []
 
     def state_size(self) -> int:
         """Units, codes and floats held: bounded by the receptive field, not by the reply length."""
@@ -868,6 +871,7 @@ class StreamingVocoder:
         codes = [c[start - cb:stop - cb] for c, cb in zip(self._codes, self._code_base)]
         frames = torch.repeat_interleave(self._embed(units, codes), durations, dim=1)
         if commit:
+            self.unit_frames += durations.tolist()
             self._next = stop
             keep = max(0, stop - self.dur_context_units)  # the next window's first unit
             self._hubert = self._hubert[keep - b:]
@@ -894,6 +898,7 @@ class StreamingVocoder:
             codes.append([self._codes[i][min(j // rate, last) - cb] for j in range(start, stop)])
         frames = self._embed(units, codes)
         if commit:
+            self.unit_frames += [1] * len(units)
             self._next = stop
             self._hubert = self._hubert[stop - b:]
             self._hubert_base = stop

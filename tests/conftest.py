@@ -62,3 +62,59 @@ def models(tree):
     from agent.spiritlm.model import SpiritLM
 
     return {variant: SpiritLM(tree, variant) for variant in ("base", "expressive")}
+
+
+class ServerThread:
+    """A RealtimeServer on its own event loop in a background thread (what `spiritlm-agent serve` runs)."""
+
+    def __init__(self, model, **config):
+        import asyncio
+        import threading
+
+        from agent.server import RealtimeServer, ServerConfig
+
+        self.server = RealtimeServer(model, ServerConfig(port=0, **config))
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.server.start())
+            started.set()
+            self.loop.run_until_complete(self.server.wait_stopped())
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(30), "server did not start"
+        self.port = self.server.port
+        self.url = f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    def call(self, fn):
+        """Run ``fn()`` on the server's loop (e.g. to read its state without racing it)."""
+        import asyncio
+
+        async def wrap():
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(30)
+
+    def stop(self):
+        import asyncio
+
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(60)
+            self.thread.join(30)
+
+
+@pytest.fixture
+def start_server(models):
+    """start_server(variant="base", **ServerConfig fields) -> ServerThread; all are stopped after the test."""
+    servers = []
+
+    def start(variant="base", **config):
+        servers.append(ServerThread(models[variant], **config))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -163,3 +163,67 @@ def test_stop_rules(models):
     _, done2, _, _ = run_response(engine2)
     assert done2.reason == "stop_string" and len(done2.token_ids) <= 3
     assert engine2.session.ids == model.tokenizer.encode(engine2.context_text)
+
+
+def assert_cache_matches(engine, model):
+    ids = engine.session.ids
+    assert ids == model.tokenizer.encode(engine.context_text)
+    full = model.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert torch.allclose(engine.session.logits, full, atol=1e-4)
+
+
+def test_truncate_a_finished_reply_keeps_only_heard_units(models, speech):
+    model = models["base"]
+    engine = ConversationEngine(model, EngineConfig(max_reply_tokens=40))
+    engine.begin_user_turn()
+    engine.commit_user_speech(model.speech.encode_string(speech["hello"][0]))
+    _, done, audio, _ = run_response(engine)
+    engine.add_user_text("and then?")  # a later turn: truncating must re-prefill it after the cut
+    reply = engine._replies[done.response_id]
+    heard = len(audio) // 3
+    ends = np.cumsum(reply.unit_frames) * reply.samples_per_frame
+    units_heard = int((ends <= heard).sum())
+    assert 0 < units_heard < len(reply.unit_tokens)
+    expected = done.token_ids[:reply.unit_tokens[units_heard]]  # up to the first unit not fully heard
+    engine.truncate(done.response_id, heard)
+    assert reply.token_ids == expected and len(expected) < len(done.token_ids)
+    assert engine.context_text.endswith("[Text]\nUser: and then?")
+    assert_cache_matches(engine, model)
+
+
+def test_audio_during_a_reply_waits_for_its_end(models, speech):
+    model = models["base"]
+    engine = ConversationEngine(model, EngineConfig(turn_detection=None, max_reply_tokens=20))
+    engine.add_user_text("hello")
+    engine.create_response()
+    engine.step()
+    wav = speech["weather"][0].numpy()
+    for chunk in chunks(wav, 100):
+        assert engine.feed_audio(chunk) == []
+    assert engine.commit_audio() == []  # held: committed when the reply ends
+    assert isinstance(engine.create_response()[0], ErrorEvent)
+    events = []
+    while engine.responding:
+        events += engine.step()
+    names = [type(e).__name__ for e in events]
+    assert names.index("TurnCommitted") > names.index("ResponseDone")
+    committed = next(e for e in events if isinstance(e, TurnCommitted))
+    assert committed.content == PromptTemplate().user_speech(model.speech.encode_string(torch.from_numpy(wav)))
+    assert_cache_matches(engine, model)
+
+
+def test_instruction_change_message_parts_and_delete(models, speech):
+    model = models["base"]
+    engine = ConversationEngine(model, EngineConfig(max_reply_tokens=5))  # (a text reply's ids need not re-encode)
+    first = engine.add_user_text("hi")[0]
+    run_response(engine)
+    wav = speech["hello"][0].numpy()
+    mixed = engine.add_user_message([("text", "listen:"), ("audio", wav), ("text", "ok?")])[0]
+    units = model.speech.encode_string(torch.from_numpy(wav))
+    assert mixed.content == f"[Text]\nUser: listen:[Speech]{units}[Text] ok?"
+    engine.configure(EngineConfig(template=PromptTemplate(instruction="Be brief.")))
+    assert engine.context_text.startswith("[Text]Be brief.[Text]\nUser: hi")
+    assert_cache_matches(engine, model)
+    assert engine.delete_block(first.block) and "User: hi" not in engine.context_text
+    assert_cache_matches(engine, model)
+    assert not engine.delete_block(first.block)  # already gone

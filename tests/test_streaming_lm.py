@@ -6,9 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from agent.spiritlm.lm import SamplingConfig
+from agent.spiritlm.errors import InvalidArgumentError
+from agent.spiritlm.lm import SamplingConfig, next_token
 from agent.spiritlm.tokens import string_to_units
-from streaming.lm import ContextFullError, LMSession
+from streaming.lm import ContextFullError, LMSession, append_token_batch
 from streaming.speech_tokens import UnitTokenParser
 
 
@@ -87,6 +88,81 @@ def test_context_overflow_drops_oldest_turns(base):
     with pytest.raises(ContextFullError):
         session.start_block()
         session.append(list(range(3, 80)))
+
+
+def prefilled_sessions(model, lengths, seed=0):
+    rng = random.Random(seed)
+    sessions = []
+    for n in lengths:
+        session = LMSession(model)
+        session.append([rng.randrange(model.config.vocab_size) for _ in range(n)])
+        session.start_block()  # the reply
+        sessions.append(session)
+    return sessions
+
+
+def test_batched_decode_equals_one_session_at_a_time(base):
+    lengths = (3, 17, 40, 9)  # every row but the longest is left-padded
+    batched, single = prefilled_sessions(base.model, lengths), prefilled_sessions(base.model, lengths)
+    first = [11, 500, 7, 900]
+    append_token_batch(batched, first)
+    for b, s, t in zip(batched, single, first):
+        s.append([t])
+        assert b.ids == s.ids and len(b) == len(b.ids) == b.cache.get_seq_length()
+        assert torch.allclose(b.logits, s.logits, atol=1e-5)
+        assert torch.allclose(b.logits, full_logits(base.model, b.ids), atol=1e-5)
+    assert not torch.allclose(batched[0].logits, batched[1].logits, atol=1e-2)  # the rows really differ
+    greedy = SamplingConfig()
+    for _ in range(8):  # greedy replies: one batched forward per step vs one session at a time
+        append_token_batch(batched, [next_token(b.logits, None, greedy, None) for b in batched])
+        for s in single:
+            s.step(None, greedy, None)
+        for b, s in zip(batched, single):
+            assert b.ids == s.ids
+            assert torch.allclose(b.logits, s.logits, atol=1e-5)
+    assert [len(b.blocks[-1].ids) for b in batched] == [9] * 4
+    assert [b.prefilled_tokens for b in batched] == [s.prefilled_tokens for s in single] == [n + 9 for n in lengths]
+    for b in batched:
+        assert torch.allclose(b.logits, full_logits(base.model, b.ids), atol=1e-5)
+
+
+def test_batched_decode_keeps_each_cache_usable(base):
+    sessions = prefilled_sessions(base.model, (5, 30, 12), seed=1)
+    for step in range(6):
+        append_token_batch(sessions, [100 + step, 200 + step, 300 + step])
+    for i, session in enumerate(sessions):
+        session.rollback(2 + i)  # different lengths again
+        session.append([42, 43])
+        assert torch.allclose(session.logits, full_logits(base.model, session.ids), atol=1e-5)
+    append_token_batch(sessions, [7, 8, 9])
+    sessions[1].step(None, SamplingConfig(), None)
+    sessions[2].start_block()
+    sessions[2].replace_block(0, sessions[2].blocks[0].ids[:-1])  # crops into the tokens from before the batched steps
+    for session in sessions:
+        assert session.cache.get_seq_length() == len(session)
+        assert torch.allclose(session.logits, full_logits(base.model, session.ids), atol=1e-5)
+    append_token_batch([], [])  # no-op
+    one = sessions[:1]
+    append_token_batch(one, [5])
+    assert one[0].ids[-1] == 5 and torch.allclose(one[0].logits, full_logits(base.model, one[0].ids), atol=1e-5)
+
+
+def test_batched_decode_checks_before_touching_any_session(base, models):
+    other = prefilled_sessions(models["expressive"].model, (4,))[0]
+    full = LMSession(base.model, max_positions=6)
+    full.append([1, 2, 3, 4, 5, 6])
+    empty = LMSession(base.model)
+    cases = {"share one model": [other], "no room": [full], "already hold a token": [empty], "appears twice": None}
+    for message, extra in cases.items():
+        sessions = prefilled_sessions(base.model, (3, 8))
+        sessions += extra if extra is not None else sessions[:1]
+        before = [(list(s.ids), s.cache.get_seq_length(), s.logits if len(s) else None, s.prefilled_tokens) for s in sessions]
+        with pytest.raises(InvalidArgumentError, match=message):
+            append_token_batch(sessions, [9] * len(sessions))
+        after = [(list(s.ids), s.cache.get_seq_length(), s.logits if len(s) else None, s.prefilled_tokens) for s in sessions]
+        assert all(a[:2] == b[:2] and a[2] is b[2] and a[3] == b[3] for a, b in zip(before, after))
+    with pytest.raises(InvalidArgumentError, match="2 sessions but 1 tokens"):
+        append_token_batch(prefilled_sessions(base.model, (3, 8)), [9])
 
 
 tokens = st.one_of(st.builds(lambda v: f"[Hu{v}]", st.integers(0, 500)), st.builds(lambda v: f"[Pi{v}]", st.integers(0, 63)),

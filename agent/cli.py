@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=default("float32"), help="LM weights dtype (default: float32)")
         p.add_argument("-q", "--quiet", action="store_true", default=default(False), help="only warnings and errors on stderr")
         p.add_argument("--debug", action="store_true", default=default(False), help="debug logs and full tracebacks")
+        p.add_argument("--log-json", action="store_true", default=default(False), help="log one JSON object per line (with a 'session' field for server sessions)")
 
     parser = argparse.ArgumentParser(prog="spiritlm-agent", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     global_options(parser, suppress=False)
@@ -137,9 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors: time, level, logger, message (+ session, error)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if hasattr(record, "session"):
+            entry["session"] = record.session
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def _configure_logging(args) -> None:
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if args.log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub, whatever a library tries
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import warnings

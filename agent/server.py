@@ -99,6 +99,14 @@ class Metrics:
                 self.first_audio.observe(latency["first_audio_s"])
 
 
+class SessionLog(logging.LoggerAdapter):
+    """Log lines of one session: ``[sess_...]`` in the text, ``session`` as a field (``--log-json``)."""
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**kwargs.get("extra", {}), "session": self.extra["session"]}
+        return f"[{self.extra['session']}] {msg}", kwargs
+
+
 # ---------------------------------------------------------------------------- the inference thread
 Job = Callable[[], list[Outgoing]]
 
@@ -111,6 +119,7 @@ class Slot:
         self.deliver = deliver  # thread-safe: (messages, inbox bytes released)
         self.inbox: deque[tuple[Job, int]] = deque()
         self.closed = False
+        self.log = SessionLog(log, {"session": session.id})
 
 
 class InferenceWorker:
@@ -172,11 +181,11 @@ class InferenceWorker:
 
     def _fail(self, slot: Slot, exc: Exception) -> list[Outgoing]:
         """An exception in one session ends that session's reply, never the thread or other sessions."""
-        log.error("[%s] internal error: %s: %s", slot.session.id, type(exc).__name__, exc, exc_info=exc)
+        slot.log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
         try:
             return slot.session.fail_response(f"internal error ({type(exc).__name__}); the reply was stopped")
         except Exception:  # noqa: BLE001
-            log.exception("[%s] could not recover; closing the session", slot.session.id)
+            slot.log.exception("could not recover; closing the session")
             slot.closed = True
             return [p.error_event(p.ProtocolError("server_error", "internal error: the session is closed",
                                                   type="server_error"))]
@@ -272,8 +281,8 @@ class _Connection:
         self.outbox_bytes += len(msg)
         if self.outbox_bytes > self.server.config.outbox_bytes:
             self.close(CLOSE_POLICY, "client is not reading its events")
-            log.warning("[%s] closing: %.1f MiB of events queued, the client is not reading them",
-                        self.id, self.outbox_bytes / 2**20)
+            self.slot.log.warning("closing: %.1f MiB of events queued, the client is not reading them",
+                                  self.outbox_bytes / 2**20)
             return
         self.outbox.put_nowait(msg)
 
@@ -284,7 +293,7 @@ class _Connection:
 
     def _log_response(self, response: dict) -> None:
         latency = response.get("spiritlm", {}).get("latency", {})
-        log.info("[%s] %s %s: %d tokens, first audio %s, %.2f s", self.id, response["id"], response["status"],
+        self.slot.log.info("%s %s: %d tokens, first audio %s, %.2f s", response["id"], response["status"],
                  int(latency.get("tokens", 0)),
                  f"{latency['first_audio_s']:.3f} s" if "first_audio_s" in latency else "-",
                  latency.get("decode_s", 0.0))
@@ -321,7 +330,7 @@ class _Connection:
             except asyncio.TimeoutError:
                 if self.session.responding or self.slot.inbox or self.outbox_bytes:
                     continue
-                log.info("[%s] closing: idle for %g s", self.id, timeout)
+                self.slot.log.info("closing: idle for %g s", timeout)
                 self.close(1000, f"idle timeout: no client event for {timeout:g} s")
                 return
             self.events_in += 1
@@ -330,7 +339,7 @@ class _Connection:
                          else p.parse_client_event(message))
             except p.ProtocolError as err:
                 self.server.metrics.client_events.labels("invalid").inc()
-                log.info("[%s] rejected a client event: %s: %s", self.id, err.code, err.message)
+                self.slot.log.info("rejected a client event: %s: %s", err.code, err.message)
                 self.send(p.error_event(err))
                 continue
             self.server.metrics.client_events.labels(event.TYPE).inc()
@@ -433,14 +442,14 @@ class RealtimeServer:
         self.metrics.sessions_active.inc()
         started = time.monotonic()
         query = urlsplit(ws.request.path).query
-        log.info("[%s] connected from %s%s", conn.id, _peer(ws), f" ({query})" if query else "")
+        conn.slot.log.info("connected from %s%s", _peer(ws), f" ({query})" if query else "")
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
             self.metrics.sessions_active.dec()
             code = ws.close_code if ws.close_code is not None else "none"
-            log.info("[%s] closed (code %s%s) after %.1f s, %d client events", conn.id, code,
+            conn.slot.log.info("closed (code %s%s) after %.1f s, %d client events", code,
                      f", {ws.close_reason}" if ws.close_reason else "", time.monotonic() - started, conn.events_in)
 
 

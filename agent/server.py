@@ -256,6 +256,7 @@ class _Connection:
         self.outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self.outbox_bytes = 0
         self.closing: tuple[int, str] | None = None
+        self._closer: asyncio.Future | None = None
         self.events_in = 0
 
     # -- inference thread -> loop
@@ -269,6 +270,8 @@ class _Connection:
         self.budget.give(released)
         for msg in messages:
             self.send(msg)
+        if self.slot.closed:  # the inference thread gave up on the session (InferenceWorker._fail): end the connection
+            self.close(CLOSE_INTERNAL, "internal error: the session is closed")
 
     def send(self, msg: Outgoing) -> None:
         if self.closing is not None:
@@ -279,17 +282,35 @@ class _Connection:
                 self._log_response(msg["response"])
             msg = json.dumps(msg, separators=(",", ":"))
         self.outbox_bytes += len(msg)
-        if self.outbox_bytes > self.server.config.outbox_bytes:
-            self.close(CLOSE_POLICY, "client is not reading its events")
+        # Over the limit *while the socket takes no more* is a client that is not reading. A burst the
+        # socket is still taking (a reply's last audio comes with its closing events in one delivery) is not.
+        if self.outbox_bytes > self.server.config.outbox_bytes and self.ws.transport.get_write_buffer_size():
             self.slot.log.warning("closing: %.1f MiB of events queued, the client is not reading them",
                                   self.outbox_bytes / 2**20)
+            self.close(CLOSE_POLICY, "client is not reading its events", now=True)
             return
         self.outbox.put_nowait(msg)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, now: bool = False) -> None:
+        """Close after the events queued, or ``now``: drop them (the client is not reading them) and close at
+        once (the sender may be stuck on a socket that takes nothing)."""
         if self.closing is None:
             self.closing = (code, reason)
             self.outbox.put_nowait(None)
+        if now and self._closer is None:
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            self.outbox_bytes = 0
+            self.outbox.put_nowait(None)
+            self._closer = asyncio.ensure_future(self._close_now())
+
+    async def _close_now(self) -> None:
+        """Write the close frame behind what the socket holds; drop the TCP connection if the client does not
+        answer within websockets' close timeout (its ``close`` waits without limit for a socket to drain)."""
+        try:
+            await asyncio.wait_for(self.ws.close(*self.closing), self.ws.close_timeout)
+        except asyncio.TimeoutError:
+            self.ws.transport.abort()
 
     def _log_response(self, response: dict) -> None:
         latency = response.get("spiritlm", {}).get("latency", {})
@@ -311,6 +332,8 @@ class _Connection:
             self.server.worker.remove(self.slot)
             self.close(*(self.closing or (1000, "")))
             await sender
+            if self._closer is not None:
+                await self._closer
 
     async def _send_loop(self) -> None:
         try:
@@ -328,7 +351,7 @@ class _Connection:
             try:
                 message = await asyncio.wait_for(self.ws.recv(), timeout)
             except asyncio.TimeoutError:
-                if self.session.responding or self.slot.inbox or self.outbox_bytes:
+                if self.session.responding or self.budget.used or self.outbox_bytes:  # not idle: work in progress
                     continue
                 self.slot.log.info("closing: idle for %g s", timeout)
                 self.close(1000, f"idle timeout: no client event for {timeout:g} s")
@@ -339,13 +362,15 @@ class _Connection:
                          else p.parse_client_event(message))
             except p.ProtocolError as err:
                 self.server.metrics.client_events.labels("invalid").inc()
-                self.slot.log.info("rejected a client event: %s: %s", err.code, err.message)
-                self.send(p.error_event(err))
-                continue
-            self.server.metrics.client_events.labels(event.TYPE).inc()
-            cost = len(getattr(event, "audio", b"")) + 256
+                self.slot.log.debug("rejected a client event: %s: %s", err.code, err.message)  # counted in /metrics
+                job, cost = (lambda err=err: [p.error_event(err)]), 256
+            else:
+                self.server.metrics.client_events.labels(event.TYPE).inc()
+                job, cost = (lambda event=event: self.session.handle(event)), len(getattr(event, "audio", b"")) + 256
+            # An error takes the queue like any event: answers keep the order of the client's events, and a
+            # flood of bad events is throttled by the inbox budget like a flood of good ones.
             await self.budget.take(cost)
-            self.server.worker.submit(self.slot, lambda event=event: self.session.handle(event), cost)
+            self.server.worker.submit(self.slot, job, cost)
 
 
 # ---------------------------------------------------------------------------- the server
@@ -390,13 +415,16 @@ class RealtimeServer:
         log.info("shutting down: %d open sessions", len(self.connections))
         self._server.close(close_connections=False)
         for conn in list(self.connections):
-            self.worker.submit(conn.slot, conn.session.shutdown)
+            conn.budget.used += 1  # given back once its events are in the outbox (see below)
+            self.worker.submit(conn.slot, conn.session.shutdown, 1)
         deadline = time.monotonic() + self.config.shutdown_grace_s
-        while any(c.slot.inbox or c.session.responding or c.outbox_bytes for c in self.connections) \
+        # budget.used counts the jobs whose events have not reached the outbox yet: a job the inference thread
+        # has taken but not delivered is no longer in slot.inbox, and its reply is no longer "responding".
+        while any(c.budget.used or c.session.responding or c.outbox_bytes for c in self.connections) \
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for conn in list(self.connections):
-            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        for conn in list(self.connections):  # now: a backlog left after the grace period is not being read
+            conn.close(CLOSE_GOING_AWAY, "server shutting down", now=True)
         await self._server.wait_closed()
         self.worker.stop()
         self._stopped.set()
@@ -415,8 +443,8 @@ class RealtimeServer:
         if path != ENDPOINT:
             return _response(connection, 404, f"Not found: the Realtime endpoint is {ENDPOINT}\n")
         if self.config.token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.config.token.encode()):
                 self.metrics.rejected.labels("auth").inc()
                 log.info("refused a connection from %s: missing or wrong bearer token", _peer(connection))
                 return _response(connection, 401, "Unauthorized: send 'Authorization: Bearer <token>'\n")

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
 from agent import protocol as p
@@ -42,6 +42,8 @@ from streaming.lm import append_token_batch
 log = logging.getLogger("spiritlm_agent.server")
 _ws_log = logging.getLogger("spiritlm_agent.websockets")
 _ws_log.setLevel(logging.WARNING)  # its INFO lines repeat ours ("connection rejected (200 OK)" for /healthz)
+# websockets 13-14 also log our own HTTP answers (/healthz, 401, 503) as a failed handshake, with a traceback.
+_ws_log.addFilter(lambda record: not (record.exc_info and isinstance(record.exc_info[1], InvalidStatus)))
 
 ENDPOINT = "/v1/realtime"
 CLOSE_GOING_AWAY = 1001  # server shutting down
@@ -476,9 +478,9 @@ class RealtimeServer:
         finally:
             self.connections.discard(conn)
             self.metrics.sessions_active.dec()
-            code = ws.close_code if ws.close_code is not None else "none"
+            code, reason = ws.protocol.close_code, ws.protocol.close_reason  # (ws.close_code: websockets 15+ only)
             conn.slot.log.info("closed (code %s%s) after %.1f s, %d client events", code,
-                     f", {ws.close_reason}" if ws.close_reason else "", time.monotonic() - started, conn.events_in)
+                     f", {reason}" if reason else "", time.monotonic() - started, conn.events_in)
 
 
 def _response(connection: ServerConnection, status: int, body: str, content_type: str | None = None) -> Response:

@@ -110,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--token", default=os.environ.get("SPIRITLM_AGENT_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' (default: $SPIRITLM_AGENT_TOKEN; none: no check)")
-    p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions; more get HTTP 503 (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=16, help="sessions decoded in one forward pass (default: %(default)s)")
-    p.add_argument("--max-message-mib", type=float, default=8, help="largest websocket message in MiB (default: %(default)s)")
+    p.add_argument("--max-sessions", type=int, default=8, metavar="N", help="concurrent sessions; more get HTTP 503 (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N",
+                   help="sessions decoded in one forward pass (default: %(default)s; 1: no batching, bit-identical to one session alone)")
+    p.add_argument("--max-message-mib", type=float, default=8, metavar="MIB", help="largest websocket message in MiB (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=600, metavar="S", help="close sessions idle this long (default: %(default)s s)")
     p.add_argument("--f0", choices=("fcpe", "pyaapt"), default="fcpe", help="pitch backbone for the expressive model")
 

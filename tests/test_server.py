@@ -43,10 +43,11 @@ async def manual_turn(client: Client, pcm: bytes) -> list[dict]:
     return await client.until("response.done")
 
 
-@pytest.mark.parametrize("rate,binary", [(24000, False), (16000, True)])
-def test_spoken_reply_equals_offline_generate(start_server, models, speech, rate, binary):
-    model = models["base"]
-    server = start_server()
+@pytest.mark.parametrize("rate,binary,variant", [(24000, False, "base"), (16000, True, "base"),
+                                                 (24000, False, "expressive")])
+def test_spoken_reply_equals_offline_generate(start_server, models, speech, rate, binary, variant):
+    model = models[variant]
+    server = start_server(variant)
     pcm = wire_pcm(speech["hello"][0].numpy(), rate)
 
     async def talk():

@@ -46,6 +46,7 @@ _ws_log.setLevel(logging.WARNING)  # its INFO lines repeat ours ("connection rej
 _ws_log.addFilter(lambda record: not (record.exc_info and isinstance(record.exc_info[1], InvalidStatus)))
 
 ENDPOINT = "/v1/realtime"
+TOKEN_SUBPROTOCOL = "openai-insecure-api-key."
 CLOSE_GOING_AWAY = 1001  # server shutting down
 CLOSE_POLICY = 1008  # client broke a rule (stopped reading)
 CLOSE_INTERNAL = 1011
@@ -401,6 +402,7 @@ class RealtimeServer:
         self.worker.start()
         self._stopped = asyncio.Event()
         self._server = await serve(self._handle, self.config.host, self.config.port, process_request=self._http,
+                                   select_subprotocol=_select_subprotocol,
                                    max_size=self.config.max_message_bytes, max_queue=4, compression=None,
                                    logger=_ws_log)
         log.info("listening on ws://%s:%d%s (model %s, max %d sessions%s)", self.config.host, self.port, ENDPOINT,
@@ -445,11 +447,11 @@ class RealtimeServer:
         if path != ENDPOINT:
             return _response(connection, 404, f"Not found: the Realtime endpoint is {ENDPOINT}\n")
         if self.config.token is not None:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.config.token.encode()):
+            if not hmac.compare_digest(_given_token(request).encode(), self.config.token.encode()):
                 self.metrics.rejected.labels("auth").inc()
                 log.info("refused a connection from %s: missing or wrong bearer token", _peer(connection))
-                return _response(connection, 401, "Unauthorized: send 'Authorization: Bearer <token>'\n")
+                return _response(connection, 401, "Unauthorized: send 'Authorization: Bearer <token>' (browsers: "
+                                                  f"the subprotocol '{TOKEN_SUBPROTOCOL}<token>')\n")
         if not self.accepting:
             self.metrics.rejected.labels("shutting_down").inc()
             return _response(connection, 503, "Service unavailable: the server is shutting down\n")
@@ -481,6 +483,24 @@ class RealtimeServer:
             code, reason = ws.protocol.close_code, ws.protocol.close_reason  # (ws.close_code: websockets 15+ only)
             conn.slot.log.info("closed (code %s%s) after %.1f s, %d client events", code,
                      f", {reason}" if reason else "", time.monotonic() - started, conn.events_in)
+
+
+def _given_token(request: Request) -> str:
+    """The bearer token of the handshake: ``Authorization: Bearer T``, or (browsers cannot set headers)
+    the subprotocol ``openai-insecure-api-key.T`` as OpenAI's own browser clients send it."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip()
+    for offered in request.headers.get_all("Sec-WebSocket-Protocol"):
+        for name in offered.split(","):
+            if name.strip().startswith(TOKEN_SUBPROTOCOL):
+                return name.strip()[len(TOKEN_SUBPROTOCOL):]
+    return ""
+
+
+def _select_subprotocol(connection: ServerConnection, offered) -> str | None:
+    """Answer ``realtime`` when a (browser) client offers it; never the token subprotocol."""
+    return "realtime" if "realtime" in offered else None
 
 
 def _response(connection: ServerConnection, status: int, body: str, content_type: str | None = None) -> Response:

@@ -556,10 +556,16 @@ def test_bearer_token_is_required_at_the_handshake(start_server):
         await client.close()
         client = await Client.open(server.url, additional_headers={"Authorization": "bearer s3cret"})  # scheme: any case
         await client.close()
+        # browsers cannot set headers: OpenAI's browser clients pass the key as a subprotocol
+        client = await Client.open(server.url, subprotocols=["realtime", "openai-insecure-api-key.s3cret"])
+        assert client.ws.subprotocol == "realtime"
+        await client.close()
+        with pytest.raises(InvalidStatus):
+            await connect(server.url, subprotocols=["realtime", "openai-insecure-api-key.nope"])
 
     asyncio.run(main())
     assert http_get(server.port, "/healthz")[0] == http_get(server.port, "/metrics")[0] == 200  # no token needed
-    assert metric(server.port, "handshakes_rejected_total", reason="auth") == 5
+    assert metric(server.port, "handshakes_rejected_total", reason="auth") == 6
     assert http_get(server.port, "/nowhere", {"Authorization": "Bearer s3cret"})[0] == 404
 
 

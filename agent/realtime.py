@@ -40,7 +40,7 @@ DEFAULT_MAX_REPLY_TOKENS = 250  # for max_output_tokens "inf"
 SERVER_ERRORS = ("vocoder_error", "server_error")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     id: str
     role: str  # user | assistant
@@ -48,7 +48,7 @@ class _Item:
     response: "_Response | None" = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Response:
     id: str
     engine_id: int
@@ -68,7 +68,7 @@ class _Response:
 
     @property
     def audio(self) -> bool:
-        return self.output is not None
+        return self.config.output_modality != "text"
 
 
 def engine_config(config: p.SessionConfig) -> EngineConfig:
@@ -294,7 +294,10 @@ class RealtimeSession:
                       OutputConverter(config.output_rate) if audio else None, len(self.engine.session))
         item.response = r
         self.items.append(item)
-        self._responses = {k: v for k, v in self._responses.items() if v.item in self.items}  # forget deleted ones
+        # Forget items whose turns left the model's window (or were deleted): memory follows the context.
+        blocks = {id(b) for b in self.engine.session.blocks}
+        self.items = [i for i in self.items if i.block is None or id(i.block) in blocks]
+        self._responses = {k: v for k, v in self._responses.items() if v.item in self.items}
         self._responses[e.response_id] = r
         assistant = p.assistant_message_item(item.id)
         return [p.response_created(p.response_object(r.id, config, metadata=metadata), ids=self.ids),
@@ -317,6 +320,7 @@ class RealtimeSession:
         out: list[Outgoing] = []
         if r.audio and e.status != "cancelled":
             out += self._audio(r, None, final=True)
+        r.output = None  # (its resampler state is not needed any more)
         if e.status == "completed":
             status, details, item_status = "completed", None, "completed"
         elif e.status == "cancelled" and r.failed:

@@ -210,3 +210,28 @@ def test_official_openai_client(start_server, speech, vad):
     kinds, audio, response = asyncio.run(talk())
     assert "session.updated" in kinds and ("input_audio_buffer.speech_stopped" in kinds) == vad
     assert response.status == "incomplete" and response.usage.output_tokens == 30 and len(audio) > 0
+
+
+def test_long_conversation_outgrows_the_window_and_keeps_going(start_server, models):
+    server = start_server()
+    window = models["base"].max_positions  # tiny model: 1024 positions
+
+    async def talk():
+        client = await Client.open(server.url)
+        await client.update(output_modalities=["text"], max_output_tokens=60, audio={"input": {"turn_detection": None}})
+        statuses = []
+        for turn in range(20):  # ~20 x (user text + 60 reply tokens): past the window
+            await client.send("conversation.item.create", item={"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": f"turn {turn}: tell me something about the number {turn}."}]})
+            await client.send("response.create")
+            events = await client.until("response.done")
+            assert not [e for e in events if e["type"] == "error"], events
+            statuses.append(events[-1]["response"]["status"])
+        state = server.call(lambda: (len(next(iter(server.server.connections)).session.items),
+                                     len(next(iter(server.server.connections)).session.engine.session)))
+        await client.close()
+        return statuses, state
+
+    statuses, (items, context_tokens) = asyncio.run(talk())
+    assert set(statuses) <= {"completed", "incomplete"} and len(statuses) == 20
+    assert context_tokens <= window and items < 40  # old turns left the window and the item list

@@ -13,7 +13,6 @@ import logging
 import math
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import torch

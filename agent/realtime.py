@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -104,6 +104,7 @@ class RealtimeSession:
         self._next_response: tuple[p.SessionConfig, dict | None] | None = None
         self._voice_locked = False
         self._event_id: str | None = None  # the client event being handled (echoed in errors)
+        self._shutting_down = False
 
     # ------------------------------------------------------------------ entry points
     def start(self) -> list[Outgoing]:
@@ -144,7 +145,9 @@ class RealtimeSession:
         return [self._error("server_error", message, type="server_error")] + self._end_response("server_error")
 
     def shutdown(self) -> list[Outgoing]:
-        """The server is stopping: end the reply in progress (failed, ``server_shutting_down``)."""
+        """The server is stopping: end the reply in progress (failed, ``server_shutting_down``), start no other."""
+        self._shutting_down = True
+        self.engine.configure(replace(self.engine.config, turn_detection=None))  # no VAD-started replies either
         return self._end_response("server_shutting_down")
 
     def _end_response(self, code: str) -> list[Outgoing]:
@@ -226,6 +229,9 @@ class RealtimeSession:
         return [p.conversation_item_deleted(item_id=item.id, ids=self.ids)]
 
     def _on_ResponseCreate(self, event: p.ResponseCreate) -> list[Outgoing]:
+        if self._shutting_down:
+            raise p.ProtocolError("server_shutting_down", "The server is shutting down: no new responses.",
+                                  type="server_error")
         config = p.response_config(self.config, event, voice_locked=self._voice_locked)
         metadata = event.response.metadata if event.response is not None else None
         self._next_response = (config, metadata)

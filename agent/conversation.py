@@ -168,12 +168,13 @@ class EngineConfig:
 # ---------------------------------------------------------------------------- the engine
 class _Response:
     def __init__(self, response_id: int, config: EngineConfig, parser: UnitTokenParser, vocoder, block: Block,
-                 started: float):
+                 banned: torch.Tensor, started: float):
         self.id = response_id
         self.config = config
         self.parser = parser
         self.vocoder = vocoder
         self.block = block
+        self.banned = banned  # ids the reply may not use (modality forcing), built once per reply
         self.start_len = len(block.ids)  # the assistant cue's tokens; reply tokens follow
         self.token_ids: list[int] = []
         self.generator = config.sampling.generator()
@@ -268,14 +269,7 @@ class ConversationEngine:
 
         Returns how many tokens were rolled back.
         """
-        new = self.tokenizer.encode_block(text)
-        old = self.session.blocks[-1].ids
-        common = 0
-        while common < min(len(old), len(new)) and old[common] == new[common]:
-            common += 1
-        rolled = len(old) - common
-        self.session.rollback(rolled)
-        self.session.append(new[common:], reserve=reserve)
+        rolled = self.session.replace_block(-1, self.tokenizer.encode_block(text), reserve=reserve)
         self.session.blocks[-1].text = text
         return rolled
 
@@ -457,7 +451,8 @@ class ConversationEngine:
         parser = UnitTokenParser(self.model.speech.expressive, *self._last_pitch_style())
         vocoder = self._vocoder_factory(cfg.speaker) if cfg.output_modality != "text" else None
         block = self.session.blocks[-1]
-        self._response = _Response(self._next_response_id, cfg, parser, vocoder, block, self.clock())
+        banned = self.model.banned_ids(cfg.output_modality, force=True)
+        self._response = _Response(self._next_response_id, cfg, parser, vocoder, block, banned, self.clock())
         self._next_response_id += 1
         return [ResponseStarted(self._response.id, block)]
 
@@ -490,9 +485,8 @@ class ConversationEngine:
         r = self._response
         if r is None:
             return None, []
-        banned = self.model.banned_ids(r.config.output_modality, force=True)
         try:
-            token = next_token(self.session.logits, banned, r.config.sampling, r.generator)
+            token = next_token(self.session.logits, r.banned, r.config.sampling, r.generator)
             self.session.make_room(1)
         except ContextFullError as exc:
             return None, self._finish("incomplete", "context_full", [ErrorEvent("context_full", str(exc))])

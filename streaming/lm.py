@@ -20,6 +20,7 @@ from transformers import DynamicCache, LlamaForCausalLM
 
 from agent.spiritlm.errors import InvalidArgumentError
 from agent.spiritlm.lm import _CACHE_KWARG, SamplingConfig, forward_last_logits, new_cache, next_token
+from streaming.units import common_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,6 @@ class LMSession:
         self.blocks[-1].ids.extend(ids)
         self.prefilled_tokens += len(ids)
 
-    @torch.inference_mode()
     def rollback(self, n: int) -> None:
         """Forget the last ``n`` tokens (of the last block): crop the cache, recompute the logits."""
         if n <= 0:
@@ -91,27 +91,21 @@ class LMSession:
         last = self.blocks[-1] if self.blocks else Block()
         if n > len(last.ids):
             raise InvalidArgumentError(f"cannot roll back {n} tokens: the current block holds {len(last.ids)}")
-        keep = len(self) - n
-        del last.ids[len(last.ids) - n:]
-        if keep == 0:
-            self.cache, self._logits = new_cache(), None
-            return
-        # The logits after token keep-1 are not stored: crop one more and run that token again.
-        self.cache.crop(-(n + 1))  # negative: remove that many (the form every transformers version accepts)
-        self._logits = forward_last_logits(self.model, torch.tensor([[self.ids[-1]]]), self.cache)
-        self.reprefilled_tokens += 1
+        self.replace_block(-1, last.ids[:len(last.ids) - n])
 
     @torch.inference_mode()
-    def replace_block(self, index: int, ids: list[int]) -> None:
-        """Give block ``index`` new ids (a truncated reply, a new instruction; ``[]`` empties it).
+    def replace_block(self, index: int, ids: list[int], reserve: int = 0) -> int:
+        """Give block ``index`` new ids (provisional units made final, a truncated reply, a new
+        instruction; ``[]`` empties it). Returns how many of its old tokens were rolled back.
 
         The cache is cropped to the first changed position and the later blocks (the same
-        ``Block`` objects) are prefilled again: the cost is what follows the change.
+        ``Block`` objects) are prefilled again: the cost is what follows the change. ``reserve``
+        makes room for that many more tokens, as in :meth:`append`.
         """
+        index = range(len(self.blocks))[index]
         block = self.blocks[index]
-        common = 0
-        while common < min(len(block.ids), len(ids)) and block.ids[common] == ids[common]:
-            common += 1
+        common = common_prefix_len(block.ids, ids)
+        rolled = len(block.ids) - common
         later = self.blocks[index + 1:]
         tails = [b.ids for b in later]
         start = sum(len(b.ids) for b in self.blocks[:index]) + common
@@ -121,15 +115,17 @@ class LMSession:
         if removed and start == 0:
             self.cache, self._logits = new_cache(), None
         elif removed:
-            self.cache.crop(-(removed + 1))  # one more: the logits after the kept tail are recomputed
+            # The logits after the kept tail are not stored: crop one more token and run it again.
+            self.cache.crop(-(removed + 1))  # negative: remove that many (the form every transformers version accepts)
             self._logits = forward_last_logits(self.model, torch.tensor([[self.ids[-1]]]), self.cache)
             self.reprefilled_tokens += 1
-        self.append(ids[common:])
+        self.append(ids[common:], reserve=reserve)
         for b, tail in zip(later, tails):
             b.ids = []
             self.blocks.append(b)
             self.append(tail)
             self.reprefilled_tokens += len(tail)
+        return rolled
 
     def delete_block(self, index: int) -> None:
         """Remove block ``index`` from the context (the later blocks are prefilled again)."""

@@ -182,7 +182,7 @@ class RealtimeSession:
         return [p.input_audio_buffer_cleared(ids=self.ids)]
 
     def _on_ConversationItemCreate(self, event: p.ConversationItemCreate) -> list[Outgoing]:
-        last = self.items[-1].id if self.items else None
+        last = self._last_item_id
         if event.previous_item_id is not None and event.previous_item_id != last:
             raise p.ProtocolError("unsupported", "Items can only be added at the end of the conversation: "
                                   "previous_item_id must be the last item's id or null.", param="previous_item_id")
@@ -283,7 +283,7 @@ class RealtimeSession:
         return out
 
     def _committed(self, e: TurnCommitted) -> list[Outgoing]:
-        previous = self.items[-1].id if self.items else None
+        previous = self._last_item_id
         item_id = self._speech_items.popleft() if self._speech_items else self.ids("item")
         self.items.append(_Item(item_id, "user", e.block))
         item = p.user_message_item(item_id, [p.input_audio_content()])
@@ -293,7 +293,7 @@ class RealtimeSession:
 
     def _response_started(self, e: ResponseStarted) -> list[Outgoing]:
         config, metadata = self._next_response or (self.config, None)
-        previous = self.items[-1].id if self.items else None
+        previous = self._last_item_id
         item = _Item(self.ids("item"), "assistant", e.block)
         audio = config.output_modality != "text"
         r = _Response(self.ids("resp"), e.response_id, config, item, metadata,
@@ -361,6 +361,10 @@ class RealtimeSession:
     # ------------------------------------------------------------------ helpers
     def _error(self, code: str, message: str, type: str = "invalid_request_error") -> dict:
         return p.error_event(p.ProtocolError(code, message, event_id=self._event_id, type=type), ids=self.ids)
+
+    @property
+    def _last_item_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
 
     def _find(self, item_id: str) -> _Item | None:
         return next((item for item in self.items if item.id == item_id), None)
